@@ -1,0 +1,3 @@
+"""maml-tune: automatic hyperparameter search for MAML."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,267 @@
+"""Run configuration: small frozen dataclasses, validated on construction.
+
+A :class:`RunConfig` fully determines a meta-training run (with the seed); it is stored
+beside every checkpoint and in every trial, so a result can always be reproduced from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from maml_tune.errors import ConfigError
+
+ALGORITHMS = ("maml", "fomaml", "anil", "metasgd", "lslr")
+ACTIVATIONS = ("relu", "tanh", "gelu", "silu", "leaky_relu")
+STRATEGIES = ("auto", "vmap", "loop", "batched")
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """The network. ``mlp`` uses depth/width/activation; ``conv`` uses blocks/channels/norm/downsample."""
+
+    kind: str = "mlp"
+    depth: int = 2
+    width: int = 40
+    activation: str = "relu"
+    blocks: int = 4
+    channels: int = 64
+    norm: str = "batch"
+    downsample: str = "pool"
+
+    def __post_init__(self) -> None:
+        _choice("arch.kind", self.kind, ("mlp", "conv"))
+        _choice("arch.activation", self.activation, ACTIVATIONS)
+        _choice("arch.norm", self.norm, ("batch", "none"))
+        _choice("arch.downsample", self.downsample, ("pool", "stride"))
+        _at_least("arch.depth", self.depth, 0)
+        _at_least("arch.width", self.width, 1)
+        _at_least("arch.blocks", self.blocks, 1)
+        _at_least("arch.channels", self.channels, 1)
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    """The MAML variant and its inner loop.
+
+    ``algorithm``: ``maml`` (second order unless ``first_order``), ``fomaml`` (always
+    first order), ``anil`` (only the head adapts), ``metasgd`` (learned per-parameter
+    inner learning rates) or ``lslr`` (MAML++'s learned per-layer, per-step rates).
+    ``inner_lr`` is the (initial) inner learning rate; it may be negative.
+    ``multi_step_loss`` is MAML++'s weighted sum of the query losses after every inner
+    step, annealed to the final step over ``msl_anneal_iterations``.
+    """
+
+    algorithm: str = "maml"
+    first_order: bool = False
+    inner_lr: float = 0.01
+    inner_steps: int = 1
+    test_inner_steps: int | None = None
+    multi_step_loss: bool = False
+    msl_anneal_iterations: int = 1000
+
+    def __post_init__(self) -> None:
+        _choice("algo.algorithm", self.algorithm, ALGORITHMS)
+        _at_least("algo.inner_steps", self.inner_steps, 1)
+        if self.test_inner_steps is not None:
+            _at_least("algo.test_inner_steps", self.test_inner_steps, 0)
+        _at_least("algo.msl_anneal_iterations", self.msl_anneal_iterations, 1)
+
+    @property
+    def is_first_order(self) -> bool:
+        return self.first_order or self.algorithm == "fomaml"
+
+    @property
+    def eval_inner_steps(self) -> int:
+        return self.inner_steps if self.test_inner_steps is None else self.test_inner_steps
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The outer loop: Adam on the meta-parameters, validation, determinism."""
+
+    meta_lr: float = 1e-3
+    meta_batch: int = 25
+    iterations: int = 1000
+    cosine: bool = False
+    grad_clip: float | None = None
+    val_interval: int = 100
+    val_tasks: int = 100
+    val_seed: int = 1
+    seed: int = 0
+    strategy: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.meta_lr > 0:
+            raise ConfigError(f"train.meta_lr: expected a number > 0, got {self.meta_lr!r}")
+        _at_least("train.meta_batch", self.meta_batch, 1)
+        _at_least("train.iterations", self.iterations, 0)
+        _at_least("train.val_interval", self.val_interval, 1)
+        _at_least("train.val_tasks", self.val_tasks, 1)
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"train.grad_clip: expected a number > 0, got {self.grad_clip!r}")
+        _choice("train.strategy", self.strategy, STRATEGIES)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run: family (with options), network, algorithm, training."""
+
+    family: str = "sinusoid"
+    family_options: Mapping[str, Any] = field(default_factory=dict)
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_tasks: int = 600
+    eval_seed: int = 2
+
+    def __post_init__(self) -> None:
+        _at_least("eval_tasks", self.eval_tasks, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable form; :meth:`from_dict` inverts it exactly."""
+        out = dataclasses.asdict(self)
+        out["family_options"] = dict(self.family_options)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        return _build(cls, data, "")
+
+    def override(self, values: Mapping[str, Any]) -> RunConfig:
+        """A copy with dotted-key overrides applied, e.g. ``{"algo.inner_lr": "0.1"}``.
+
+        ``family.KEY`` sets a family option (validated later by the family itself); a bare
+        field name is accepted when exactly one section has it (``inner_lr``).
+        """
+        data = self.to_dict()
+        for key, value in values.items():
+            section, name = resolve_key(key)
+            if section == "family":
+                data["family_options"][name] = value
+            elif section == "":
+                data[name] = value
+            else:
+                data[section][name] = value
+        return RunConfig.from_dict(data)
+
+
+_SECTIONS = {"arch": ArchConfig, "algo": AlgoConfig, "train": TrainConfig}
+_TOP_FIELDS = ("family", "eval_tasks", "eval_seed")
+
+
+def resolve_key(key: str) -> tuple[str, str]:
+    """``"algo.inner_lr"`` or ``"inner_lr"`` → ``("algo", "inner_lr")``; unknown keys raise."""
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section == "family" and name:
+            return section, name
+        cls = _SECTIONS.get(section)
+        if cls is None or name not in {f.name for f in dataclasses.fields(cls)}:
+            raise ConfigError(f"unknown setting {key!r} (expected one of: {', '.join(all_keys())})")
+        return section, name
+    if key in _TOP_FIELDS:
+        return "", key
+    owners = [s for s, cls in _SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
+    if len(owners) != 1:
+        raise ConfigError(f"unknown setting {key!r} (expected one of: {', '.join(all_keys())})")
+    return owners[0], key
+
+
+def all_keys() -> list[str]:
+    keys = [f"{s}.{f.name}" for s, cls in _SECTIONS.items() for f in dataclasses.fields(cls)]
+    return keys + list(_TOP_FIELDS) + ["family.<option>"]
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {prefix + unknown[0]!r} (expected one of: {', '.join(sorted(names))})"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        elif name == "family_options":
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{prefix}{name}: expected a table, got {value!r}")
+            kwargs[name] = dict(value)
+        else:
+            kwargs[name] = coerce_value(value, tp, prefix + name)
+    return cls(**kwargs)
+
+
+def coerce_value(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` (a TOML/JSON value or a ``--set`` string) to the annotated type ``tp``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        allowed = typing.get_args(tp)
+        if type(None) in allowed and (
+            value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))
+        ):
+            return None
+        for candidate in allowed:
+            if candidate is type(None):
+                continue
+            try:
+                return coerce_value(value, candidate, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {type_name(tp)}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {tp!r}")
+
+
+def type_name(tp: Any) -> str:
+    args = typing.get_args(tp)
+    if args:
+        return " | ".join(type_name(a) for a in args)
+    return "none" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{key}: expected an integer >= {low}, got {value!r}")

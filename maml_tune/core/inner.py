@@ -1,0 +1,90 @@
+"""The inner loop: one pure function from (params, support set) to adapted params.
+
+Meta-training, validation, evaluation, prediction and every execution strategy call
+:func:`inner_trajectory` (or :func:`adapt`, its last step); there is no second copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+import torch
+from torch.func import functional_call, grad
+
+Params = dict[str, torch.Tensor]
+Forward = Callable[[Params, torch.Tensor], torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_forward(module: torch.nn.Module, buffers: Mapping[str, torch.Tensor]) -> Forward:
+    """``forward(params, x)``: run ``module`` with the given weights (and fixed ``buffers``)."""
+
+    def forward(params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(module, (params, dict(buffers)), (x,))
+
+    return forward
+
+
+def step_lr(lr: torch.Tensor | float, step: int) -> torch.Tensor | float:
+    """The learning rate of inner step ``step``.
+
+    ``lr`` is a float (fixed rate) or a tensor whose first dimension indexes inner steps
+    (LSLR: ``(steps,)``; Meta-SGD: ``(1, *param_shape)``). Steps past the last row reuse it,
+    so a model meta-trained with K steps can adapt with more at test time.
+    """
+    if isinstance(lr, float):
+        return lr
+    return lr[min(step, lr.shape[0] - 1)]
+
+
+def inner_trajectory(
+    forward: Forward,
+    params: Params,
+    inner_lrs: Mapping[str, torch.Tensor | float],
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    loss_fn: LossFn,
+    steps: int,
+    first_order: bool,
+) -> Iterator[Params]:
+    """Yield the full parameter dict after each of ``steps`` gradient steps on the support set.
+
+    Only the parameters named in ``inner_lrs`` adapt (all of them for MAML, the head for
+    ANIL); the rest pass through unchanged. With ``first_order`` the support gradient is
+    detached, so the meta-gradient drops the second-derivative terms; otherwise the
+    steps stay differentiable and the meta-gradient is exact.
+    """
+    fast = {name: params[name] for name in inner_lrs}
+    frozen = {name: p for name, p in params.items() if name not in inner_lrs}
+
+    def support_loss(fast_params: Params) -> torch.Tensor:
+        return loss_fn(forward({**frozen, **fast_params}, support_x), support_y)
+
+    support_grad = grad(support_loss)
+    for step in range(steps):
+        grads = support_grad(fast)
+        if first_order:
+            grads = {name: g.detach() for name, g in grads.items()}
+        fast = {
+            name: w - step_lr(inner_lrs[name], step) * grads[name] for name, w in fast.items()
+        }
+        yield {**frozen, **fast}
+
+
+def adapt(
+    forward: Forward,
+    params: Params,
+    inner_lrs: Mapping[str, torch.Tensor | float],
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    loss_fn: LossFn,
+    steps: int,
+    first_order: bool = False,
+) -> Params:
+    """The parameters after ``steps`` inner steps (``params`` itself when ``steps`` is 0)."""
+    adapted = dict(params)
+    for adapted in inner_trajectory(
+        forward, params, inner_lrs, support_x, support_y, loss_fn, steps, first_order
+    ):
+        pass
+    return adapted

@@ -1,0 +1,103 @@
+"""Networks built from :class:`~maml_tune.core.config.ArchConfig`.
+
+Both networks are ordinary ``nn.Module`` s whose parameters are the meta-learned
+initialisation; the inner loop runs them functionally (``torch.func.functional_call``)
+with adapted weights. Neither has buffers or mutable state, so they are vmap-safe.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from maml_tune.core.config import ArchConfig
+from maml_tune.errors import ConfigError
+
+_ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+HEAD_PREFIX = "head."
+
+
+class BatchStatNorm(nn.Module):
+    """Normalisation with the current batch's statistics, as MAML uses it (also at test time).
+
+    Written with ``mean``/``var`` instead of ``F.batch_norm``: under ``torch.func.vmap``
+    the latter's second-order gradient is wrong for every parameter upstream of the norm.
+    No running statistics, so nothing is mutated during a forward pass.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = (0, 2, 3)
+        mean = x.mean(dim=dims, keepdim=True)
+        var = x.var(dim=dims, unbiased=False, keepdim=True)
+        shape = (1, -1, 1, 1)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(
+            shape
+        )
+
+
+class MLP(nn.Module):
+    """``depth`` hidden layers of ``width`` units, then a linear head (Finn et al.: 1-40-40-1)."""
+
+    def __init__(self, arch: ArchConfig, input_shape: tuple[int, ...], output_size: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        features = math.prod(input_shape)
+        for _ in range(arch.depth):
+            layers += [nn.Linear(features, arch.width), _ACTIVATIONS[arch.activation]()]
+            features = arch.width
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(features, output_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x.flatten(1)))
+
+
+class ConvNet(nn.Module):
+    """``blocks`` × (3×3 conv → batch-statistics norm → ReLU → 2×2 max-pool or stride 2), linear head."""
+
+    def __init__(self, arch: ArchConfig, input_shape: tuple[int, ...], output_size: int):
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ConfigError(
+                f"arch.kind: conv needs (channels, height, width) inputs, got {input_shape}"
+            )
+        self.pool = arch.downsample == "pool"
+        layers: list[nn.Module] = []
+        channels = input_shape[0]
+        for _ in range(arch.blocks):
+            stride = 1 if self.pool else 2
+            layers.append(nn.Conv2d(channels, arch.channels, 3, stride=stride, padding=1))
+            if arch.norm == "batch":
+                layers.append(BatchStatNorm(arch.channels))
+            layers.append(_ACTIVATIONS[arch.activation]())
+            if self.pool:
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            channels = arch.channels
+        self.body = nn.Sequential(*layers)
+        with torch.no_grad():
+            features = self.body(torch.zeros(2, *input_shape)).flatten(1).shape[1]
+        self.head = nn.Linear(features, output_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x).flatten(1))
+
+
+def build_network(arch: ArchConfig, input_shape: tuple[int, ...], output_size: int) -> nn.Module:
+    """The network for ``arch``; its final layer is named ``head`` (what ANIL adapts)."""
+    cls = MLP if arch.kind == "mlp" else ConvNet
+    return cls(arch, tuple(input_shape), output_size)

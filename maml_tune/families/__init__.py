@@ -1,0 +1,5 @@
+"""Task families: the contract, the built-in families and the plugin registry."""
+
+from maml_tune.families._contract import NoOptions, ProgressCallback, TaskFamily, option
+
+__all__ = ["NoOptions", "ProgressCallback", "TaskFamily", "option"]
