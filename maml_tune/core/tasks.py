@@ -47,9 +47,11 @@ class TaskBatch:
 
 
 class TaskSampler(Protocol):
-    """What the engine needs from a task family: a kind and a vectorised sampler."""
+    """What the engine needs from a task family (structurally: the core never imports families)."""
 
     kind: str
+    input_shape: tuple[int, ...]
+    output_size: int
 
     def sample(
         self, split: str, n_tasks: int, generator: torch.Generator, device: torch.device

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from maml_tune.core.config import coerce_value, type_name
+from maml_tune.core.config import ArchConfig, RunConfig, coerce_value, type_name
 from maml_tune.core.tasks import TaskBatch
 from maml_tune.errors import ConfigError
 
@@ -108,6 +108,16 @@ class TaskFamily(abc.ABC):
         from maml_tune.families._spaces import default_space
 
         return default_space(self.default_architecture().get("kind", "mlp"))
+
+    def run_config(self, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+        """The full run config for this family: library defaults, then the family's default
+        architecture and :meth:`literature_config`, then ``overrides`` (dotted keys), with
+        every option value of this instance recorded so the run can be reproduced."""
+        base = RunConfig(family=self.name, arch=ArchConfig(**self.default_architecture()))
+        config = base.override(self.literature_config()).override(dict(overrides or {}))
+        return config.override(
+            {f"family.{k}": v for k, v in dataclasses.asdict(self.options).items()}
+        )
 
     def describe_options(self) -> list[dict[str, Any]]:
         """One entry per option: name, type, default, current value, help, min/max/choices."""

@@ -1,0 +1,69 @@
+"""Helpers shared by the commands: consoles, option types, ``--set`` parsing, JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from maml_tune.errors import ConfigError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+DeviceOption = Annotated[
+    str,
+    typer.Option(
+        "--device", envvar="MAML_TUNE_DEVICE", help="auto, cpu, cuda or cuda:N (auto picks CUDA when present)."
+    ),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="Override a setting: KEY=VALUE, e.g. algo.inner_lr=0.05 or family.k_shot=5 (repeatable)."
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print plain JSON on stdout.")]
+
+
+def parse_sets(items: list[str] | None) -> dict[str, str]:
+    """``["a.b=1", "c=x"]`` → ``{"a.b": "1", "c": "x"}``; an item without ``=`` is a usage error."""
+    parsed: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+def family_options(sets: dict[str, Any]) -> dict[str, Any]:
+    """The ``family.KEY`` entries of a settings dict, without the prefix."""
+    return {k.split(".", 1)[1]: v for k, v in sets.items() if k.startswith("family.")}
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def registry(ctx: typer.Context):
+    """The family registry for this invocation (honours ``--plugins-dir``)."""
+    from maml_tune.families.registry import Registry
+
+    root = ctx.find_root()
+    if root.obj is None:
+        root.obj = {}
+    if "registry" not in root.obj:
+        root.obj["registry"] = Registry(root.obj.get("plugins_dir"))
+    return root.obj["registry"]
+
+
+def fmt(value: float | None, ci: float | None = None, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:.{digits}g}"
+    return text if ci is None else f"{text} ± {ci:.2g}"

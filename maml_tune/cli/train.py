@@ -1,0 +1,230 @@
+"""``maml-tune train``, ``evaluate`` and ``bench``: one configuration at a time."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from maml_tune.cli._common import (
+    DeviceOption, JsonOption, SetOption, err, family_options, fmt, out, parse_sets, print_json,
+    registry,
+)
+
+
+def _progress_callback(progress: Progress):
+    from maml_tune.core.trainer import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.task = progress.add_task("meta-training", total=None, loss="-", val="-", rate="-")
+
+        def on_iteration(self, report) -> None:
+            progress.update(
+                self.task, completed=report.iteration, total=report.iterations,
+                loss=f"{report.meta_loss:.4g}", rate=f"{report.tasks_per_sec:,.0f}",
+            )
+
+        def on_validation(self, iteration, result) -> None:
+            text = f"loss {result.loss_after.mean:.4g}"
+            if result.accuracy_after is not None:
+                text += f", acc {result.accuracy_after.mean:.3f}"
+            progress.update(self.task, val=text)
+
+    return ProgressCallback()
+
+
+def _family_prepare_progress(progress: Progress):
+    state: dict = {}
+
+    def report(done: int, total: int, what: str) -> None:
+        if "task" not in state:
+            state["task"] = progress.add_task(what, total=total, loss="", val="", rate="")
+        progress.update(state["task"], completed=done, total=total, description=what)
+
+    return report
+
+
+def _make_progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("meta-loss {task.fields[loss]}"),
+        TextColumn("val {task.fields[val]}"),
+        TextColumn("{task.fields[rate]} tasks/s"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+def _results_table(title: str, result) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("before adaptation", justify="right")
+    table.add_column("after adaptation", justify="right")
+    table.add_row(
+        "query loss", fmt(result.loss_before.mean, result.loss_before.ci95),
+        fmt(result.loss_after.mean, result.loss_after.ci95),
+    )
+    if result.accuracy_after is not None:
+        table.add_row(
+            "accuracy", fmt(result.accuracy_before.mean, result.accuracy_before.ci95),
+            fmt(result.accuracy_after.mean, result.accuracy_after.ci95),
+        )
+    table.caption = f"{result.tasks} {result.split} tasks, {result.steps} inner steps, ± 95% interval"
+    return table
+
+
+def train(
+    ctx: typer.Context,
+    spec: Annotated[Path | None, typer.Argument(help="Study spec (TOML): its family and fixed settings.")] = None,
+    family: Annotated[str | None, typer.Option("--family", help="Task family (default: the spec's, else sinusoid).")] = None,
+    sets: SetOption = None,
+    iterations: Annotated[int | None, typer.Option("--iterations", min=0, help="Meta-iterations.")] = None,
+    device: DeviceOption = "auto",
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed (weights, tasks).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Checkpoint directory (default runs/FAMILY-TIME).")] = None,
+) -> None:
+    """Meta-train one configuration and write its checkpoint directory."""
+    from maml_tune.core.checkpoint import save_checkpoint
+    from maml_tune.core.device import resolve_device
+    from maml_tune.core.evaluation import evaluate
+    from maml_tune.core.trainer import MetaTrainer
+
+    overrides: dict = {}
+    family_name = family
+    if spec is not None:
+        from maml_tune.search.spec import load_spec
+
+        loaded = load_spec(spec, registry(ctx))
+        family_name = family_name or loaded.family
+        overrides.update({f"family.{k}": v for k, v in loaded.family_options.items()})
+        overrides.update(loaded.fixed)
+    overrides.update(parse_sets(sets))
+    if iterations is not None:
+        overrides["train.iterations"] = iterations
+    if seed is not None:
+        overrides["train.seed"] = seed
+    torch_device = resolve_device(device)
+    task_family = registry(ctx).create(family_name or "sinusoid", family_options(overrides))
+    config = task_family.run_config({k: v for k, v in overrides.items() if not k.startswith("family.")})
+    target = out_dir or Path("runs") / f"{task_family.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    with _make_progress() as progress:
+        task_family.prepare(_family_prepare_progress(progress))
+        trainer = MetaTrainer(config, task_family, torch_device, [_progress_callback(progress)])
+        started = time.perf_counter()
+        result = trainer.run()
+    test = evaluate(
+        result.learner, task_family, split="test", tasks=config.eval_tasks,
+        steps=config.algo.eval_inner_steps, seed=config.eval_seed, strategy=result.strategy,
+        device=torch_device,
+    )
+    metadata = {
+        "iterations": result.iterations,
+        "wall_seconds": time.perf_counter() - started,
+        "tasks_per_sec": result.tasks_per_sec,
+        "device": str(torch_device),
+        "strategy": result.strategy,
+        "validation": [{"iteration": i, **v.to_dict()} for i, v in result.validations],
+        "test": test.to_dict(),
+    }
+    save_checkpoint(target, result.learner, config, metadata)
+    out.print(_results_table(f"{task_family.name}: meta-test", test))
+    out.print(
+        f"checkpoint: {target}  ({result.iterations} iterations, {result.wall_seconds:.1f} s, "
+        f"{result.tasks_per_sec:,.0f} tasks/s, {result.strategy} on {torch_device})"
+    )
+
+
+def evaluate_command(
+    ctx: typer.Context,
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory written by train.")],
+    tasks: Annotated[int, typer.Option("--tasks", min=1, help="Held-out test tasks.")] = 600,
+    steps: Annotated[int | None, typer.Option("--steps", min=0, help="Inner steps (default: the config's test-time steps).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the test tasks (default: the config's).")] = None,
+    device: DeviceOption = "auto",
+    as_json: JsonOption = False,
+) -> None:
+    """Meta-test a checkpoint: query loss (and accuracy) before and after adaptation, with 95% intervals."""
+    from maml_tune.core.checkpoint import load_checkpoint
+    from maml_tune.core.device import resolve_device
+    from maml_tune.core.evaluation import evaluate
+    from maml_tune.core.learner import resolve_strategy
+
+    torch_device = resolve_device(device)
+    loaded = load_checkpoint(checkpoint, torch_device)
+    config = loaded.config
+    task_family = registry(ctx).create(config.family, dict(config.family_options))
+    task_family.prepare()
+    result = evaluate(
+        loaded.learner, task_family, split="test", tasks=tasks,
+        steps=config.algo.eval_inner_steps if steps is None else steps,
+        seed=config.eval_seed if seed is None else seed,
+        strategy=resolve_strategy(config.train.strategy, config.arch, torch_device),
+        device=torch_device,
+    )
+    if as_json:
+        print_json({"family": config.family, "checkpoint": str(checkpoint), **result.to_dict()})
+    else:
+        out.print(_results_table(f"{config.family}: meta-test of {checkpoint}", result))
+
+
+def bench(
+    ctx: typer.Context,
+    family: Annotated[str, typer.Option("--family", help="Task family.")] = "sinusoid",
+    sets: SetOption = None,
+    meta_batch: Annotated[int | None, typer.Option("--meta-batch", min=1)] = None,
+    inner_steps: Annotated[int | None, typer.Option("--inner-steps", min=1)] = None,
+    first_order: Annotated[bool, typer.Option("--first-order", help="First-order MAML.")] = False,
+    strategy: Annotated[str, typer.Option("--strategy", help="auto, vmap, loop or batched.")] = "auto",
+    device: DeviceOption = "auto",
+    seconds: Annotated[float, typer.Option("--seconds", min=0.1, help="Timed seconds after warm-up.")] = 5.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Measure meta-training throughput (median tasks/s over timed windows) and peak memory."""
+    from maml_tune.core.bench import measure_throughput
+    from maml_tune.core.device import resolve_device
+    from maml_tune.core.learner import resolve_strategy
+
+    overrides = parse_sets(sets)
+    if meta_batch is not None:
+        overrides["train.meta_batch"] = meta_batch
+    if inner_steps is not None:
+        overrides["algo.inner_steps"] = inner_steps
+    if first_order:
+        overrides["algo.first_order"] = True
+    overrides["train.strategy"] = strategy
+    torch_device = resolve_device(device)
+    task_family = registry(ctx).create(family, family_options(overrides))
+    config = task_family.run_config({k: v for k, v in overrides.items() if not k.startswith("family.")})
+    task_family.prepare()
+    chosen = resolve_strategy(config.train.strategy, config.arch, torch_device)
+    result = measure_throughput(config, task_family, torch_device, seconds, chosen)
+    if as_json:
+        print_json({"family": family, "requested_strategy": strategy, **result.to_dict()})
+        return
+    table = Table(title=f"maml-tune bench: {family}")
+    for column in ("strategy", "device", "meta-batch", "inner steps", "order", "tasks/s", "peak RSS MiB"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        f"{result.strategy}{' (auto)' if strategy == 'auto' else ''}", result.device,
+        str(result.meta_batch), str(result.inner_steps),
+        "first" if result.first_order else "second", f"{result.tasks_per_sec:,.0f}",
+        f"{result.peak_rss_mb:,.0f}",
+    )
+    out.print(table)
+    if result.peak_gpu_mb is not None:
+        out.print(f"peak GPU memory: {result.peak_gpu_mb:,.0f} MiB")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("evaluate")(evaluate_command)
+    app.command("bench")(bench)

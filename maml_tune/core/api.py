@@ -1,0 +1,85 @@
+"""The public Python API: load a meta-trained checkpoint, adapt it to a support set, predict.
+
+    from maml_tune import load_learner
+    learner = load_learner("runs/sinusoid")
+    model = learner.adapt(support_x, support_y)      # (S, *input_shape), targets
+    predictions = model.predict(query_x)
+
+Adaptation runs the same inner loop as meta-training and evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from maml_tune.core.checkpoint import Checkpoint, load_checkpoint
+from maml_tune.core.device import resolve_device
+from maml_tune.core.inner import Params
+from maml_tune.errors import ConfigError
+
+
+class AdaptedModel:
+    """A learner adapted to one task. With batch-statistics normalisation (conv nets),
+    predictions use the statistics of the batch passed to :meth:`predict`, as in MAML."""
+
+    def __init__(self, learner: Learner, params: Params):
+        self._learner, self._params = learner, params
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Regression outputs, or class logits, for inputs ``(B, *input_shape)``."""
+        x = self._learner._inputs(x)
+        return self._learner.checkpoint.learner.functional_forward(self._params, x)
+
+    def predict_classes(self, x: torch.Tensor) -> torch.Tensor:
+        """Class indices ``(B,)`` for a classification learner."""
+        if self._learner.kind != "classification":
+            raise ConfigError("predict_classes needs a classification learner")
+        return self.predict(x).argmax(dim=-1)
+
+
+class Learner:
+    """A meta-trained initialisation (and inner learning rates) loaded from a checkpoint."""
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device):
+        self.checkpoint, self.device = checkpoint, device
+        self.config = checkpoint.config
+        self.kind, self.input_shape = checkpoint.kind, checkpoint.input_shape
+        self.output_size = checkpoint.output_size
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ConfigError(
+                f"inputs must have shape (batch, {', '.join(map(str, self.input_shape))}), "
+                f"got {tuple(x.shape)}"
+            )
+        return x
+
+    def adapt(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None
+    ) -> AdaptedModel:
+        """Adapt to one task's support set; ``steps`` defaults to the test-time inner steps."""
+        x = self._inputs(support_x)
+        if self.kind == "classification":
+            y = torch.as_tensor(support_y, dtype=torch.long, device=self.device)
+            if y.numel() and (y.min() < 0 or y.max() >= self.output_size):
+                raise ConfigError(
+                    f"support labels must be in [0, {self.output_size}) for this "
+                    f"{self.output_size}-way learner"
+                )
+        else:
+            y = torch.as_tensor(support_y, dtype=torch.float32, device=self.device)
+            y = y.reshape(len(x), self.output_size)
+        steps = self.config.algo.eval_inner_steps if steps is None else steps
+        with torch.no_grad():
+            params = self.checkpoint.learner.adapt(x, y, steps)
+        return AdaptedModel(self, params)
+
+
+def load_learner(path: str | os.PathLike, device: str = "cpu") -> Learner:
+    """Load the checkpoint directory ``path`` onto ``device`` (``auto``, ``cpu``, ``cuda:N``)."""
+    resolved = resolve_device(device)
+    return Learner(load_checkpoint(path, resolved), resolved)

@@ -1,0 +1,92 @@
+"""Throughput measurement of meta-training (what ``maml-tune bench`` reports)."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from maml_tune.core.config import RunConfig
+from maml_tune.core.tasks import TaskSampler, split_generator
+from maml_tune.core.trainer import build_learner, multi_step_weights
+
+WARMUP_ITERATIONS = 3
+WINDOWS = 5
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Median tasks/s over timed windows after warm-up, and the peak memory of the process."""
+
+    strategy: str
+    device: str
+    meta_batch: int
+    inner_steps: int
+    first_order: bool
+    tasks_per_sec: float
+    window_tasks_per_sec: tuple[float, ...]
+    peak_rss_mb: float
+    peak_gpu_mb: float | None
+
+    def to_dict(self) -> dict:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out["window_tasks_per_sec"] = list(self.window_tasks_per_sec)
+        if out["peak_gpu_mb"] is None:
+            del out["peak_gpu_mb"]
+        return out
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_throughput(
+    config: RunConfig, sampler: TaskSampler, device: torch.device, seconds: float, strategy: str
+) -> BenchResult:
+    """Run full meta-iterations (sample, meta-gradient, Adam step) of ``config`` for about
+    ``seconds`` after warm-up, in :data:`WINDOWS` windows, and report the median rate."""
+    learner = build_learner(config, sampler, device)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=config.train.meta_lr)
+    generator = split_generator("train", config.train.seed, device)
+    meta_batch = config.train.meta_batch
+    weights = multi_step_weights(config.algo, 0)
+
+    def iteration() -> None:
+        batch = sampler.sample("train", meta_batch, generator, device)
+        optimizer.zero_grad(set_to_none=True)
+        learner.accumulate_meta_gradient(batch, strategy, weights)
+        optimizer.step()
+
+    for _ in range(WARMUP_ITERATIONS):
+        iteration()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rates = []
+    window = seconds / WINDOWS
+    for _ in range(WINDOWS):
+        count, started = 0, time.perf_counter()
+        while True:
+            iteration()
+            count += 1
+            _sync(device)
+            elapsed = time.perf_counter() - started
+            if elapsed >= window:
+                break
+        rates.append(count * meta_batch / elapsed)
+    gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return BenchResult(
+        strategy, str(device), meta_batch, config.algo.inner_steps, config.algo.is_first_order,
+        statistics.median(rates), tuple(rates), peak_rss_mb(), gpu,
+    )

@@ -1,0 +1,165 @@
+"""The meta-trainer: Adam on the meta-parameters over sampled batches of tasks.
+
+It reports through callbacks and knows nothing of logging, Optuna or the terminal; a
+callback may raise to stop training (the search uses this to prune).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from maml_tune.core.config import AlgoConfig, RunConfig
+from maml_tune.core.evaluation import EvalResult, evaluate
+from maml_tune.core.learner import MetaLearner, resolve_strategy
+from maml_tune.core.tasks import TaskSampler, split_generator
+from maml_tune.errors import DivergenceError
+
+
+@dataclass(frozen=True)
+class IterationReport:
+    """Sent after every meta-iteration (``iteration`` counts completed iterations from 1)."""
+
+    iteration: int
+    iterations: int
+    meta_loss: float
+    meta_lr: float
+    tasks_per_sec: float
+
+
+class TrainerCallback:
+    """Receives the trainer's progress. Both methods run inside the training loop.
+
+    They may read the reports but must not change the learner; raising any exception
+    stops training and propagates out of :meth:`MetaTrainer.run`.
+    """
+
+    def on_iteration(self, report: IterationReport) -> None:
+        """Called after each meta-iteration."""
+
+    def on_validation(self, iteration: int, result: EvalResult) -> None:
+        """Called after each meta-validation (every ``train.val_interval`` iterations and at the end)."""
+
+
+@dataclass
+class TrainResult:
+    learner: MetaLearner
+    iterations: int
+    wall_seconds: float
+    train_seconds: float
+    tasks_per_sec: float
+    strategy: str
+    validations: list[tuple[int, EvalResult]] = field(default_factory=list)
+
+
+def build_learner(config: RunConfig, family: TaskSampler, device: torch.device) -> MetaLearner:
+    """The initial meta-learner for ``config``, seeded by ``config.train.seed``."""
+    torch.manual_seed(config.train.seed)
+    learner = MetaLearner(
+        config.arch, config.algo, family.input_shape, family.output_size, family.kind
+    )
+    return learner.to(device)
+
+
+def multi_step_weights(algo: AlgoConfig, iteration: int) -> list[float] | None:
+    """MAML++'s per-step query-loss weights at ``iteration``: uniform, annealed onto the last step."""
+    steps = algo.inner_steps
+    if not algo.multi_step_loss or steps == 1:
+        return None
+    decay = 1.0 / steps / algo.msl_anneal_iterations
+    floor = 0.03 / steps
+    early = max(1.0 / steps - iteration * decay, floor)
+    last = min(1.0 / steps + iteration * (steps - 1) * decay, 1.0 - (steps - 1) * floor)
+    return [early] * (steps - 1) + [last]
+
+
+class MetaTrainer:
+    """Meta-trains ``config`` on ``family`` on ``device``; see :meth:`run`."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        family: TaskSampler,
+        device: torch.device,
+        callbacks: Sequence[TrainerCallback] = (),
+    ):
+        self.config, self.family, self.device = config, family, device
+        self.callbacks = list(callbacks)
+        self.strategy = resolve_strategy(config.train.strategy, config.arch, device)
+
+    def validate(self, learner: MetaLearner) -> EvalResult:
+        t = self.config.train
+        return evaluate(
+            learner, self.family, split="val", tasks=t.val_tasks,
+            steps=self.config.algo.eval_inner_steps, seed=t.val_seed,
+            strategy=self.strategy, device=self.device,
+        )
+
+    def run(self) -> TrainResult:
+        """Meta-train for ``train.iterations`` iterations and return the learner.
+
+        Raises :class:`DivergenceError` as soon as the meta-loss, the meta-gradient or a
+        validation loss is not finite.
+        """
+        cfg, t = self.config, self.config.train
+        learner = build_learner(cfg, self.family, self.device)
+        optimizer = torch.optim.Adam(learner.parameters(), lr=t.meta_lr)
+        scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(t.iterations, 1))
+            if t.cosine
+            else None
+        )
+        generator = split_generator("train", t.seed, self.device)
+        result = TrainResult(learner, 0, 0.0, 0.0, 0.0, self.strategy)
+        started = time.perf_counter()
+        for iteration in range(1, t.iterations + 1):
+            step_started = time.perf_counter()
+            batch = self.family.sample("train", t.meta_batch, generator, self.device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = learner.accumulate_meta_gradient(
+                batch, self.strategy, multi_step_weights(cfg.algo, iteration - 1)
+            ).item()
+            if not math.isfinite(loss):
+                raise DivergenceError(f"meta-loss became {loss} at iteration {iteration}", iteration)
+            self._clip_or_fail(learner, iteration)
+            meta_lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            result.train_seconds += time.perf_counter() - step_started
+            result.iterations = iteration
+            rate = iteration * t.meta_batch / result.train_seconds
+            report = IterationReport(iteration, t.iterations, loss, meta_lr, rate)
+            for callback in self.callbacks:
+                callback.on_iteration(report)
+            if iteration % t.val_interval == 0 or iteration == t.iterations:
+                self._validate(learner, iteration, result)
+        result.wall_seconds = time.perf_counter() - started
+        if result.train_seconds > 0:
+            result.tasks_per_sec = result.iterations * t.meta_batch / result.train_seconds
+        return result
+
+    def _clip_or_fail(self, learner: MetaLearner, iteration: int) -> None:
+        grads = [p.grad for p in learner.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)
+        if not torch.isfinite(norm):
+            raise DivergenceError(
+                f"meta-gradient norm became {norm.item()} at iteration {iteration}", iteration
+            )
+        if self.config.train.grad_clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(grads, self.config.train.grad_clip, norm)
+
+    def _validate(self, learner: MetaLearner, iteration: int, result: TrainResult) -> None:
+        validation = self.validate(learner)
+        if not math.isfinite(validation.loss_after.mean):
+            raise DivergenceError(
+                f"validation loss became {validation.loss_after.mean} at iteration {iteration}",
+                iteration,
+            )
+        result.validations.append((iteration, validation))
+        for callback in self.callbacks:
+            callback.on_validation(iteration, validation)

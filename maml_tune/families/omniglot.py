@@ -1,0 +1,648 @@
+"""Omniglot N-way K-shot character classification (Lake et al. 2015), as in Finn et al. 2017.
+
+The data is the official release from https://github.com/brendenlake/omniglot (``python/``
+folder): ``images_background.zip`` and ``images_evaluation.zip``, or the smaller
+``images_background_small1.zip`` / ``images_background_small2.zip``, zipped or extracted.
+Each holds ``<archive>/<Alphabet>/<characterNN>/<drawing>.png``: 105x105 black-on-white
+drawings, 20 per character.
+
+Pixel convention everywhere (cache, tasks, :meth:`Omniglot.preprocess`): strokes are bright
+and the background is dark, i.e. the PNG is inverted — stored as uint8 (stroke 255,
+background 0) and handed to models as float32 in [0, 1] (stroke 1.0, background 0.0).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from maml_tune.core.tasks import SPLITS, TaskBatch
+from maml_tune.errors import ConfigError, DataError
+from maml_tune.families._contract import ProgressCallback, TaskFamily, option
+
+BACKGROUND_ARCHIVES = (
+    "images_background",
+    "images_background_small1",
+    "images_background_small2",
+)
+EVALUATION_ARCHIVES = ("images_evaluation",)
+DATA_URL = "https://github.com/brendenlake/omniglot"
+DATA_ENV = "MAML_TUNE_DATA"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+_ROTATIONS = 4
+_MIN_ALPHABETS_FOR_AUTO = 5
+_CACHE_FORMAT = 1
+_EXPECTED = (
+    "expected images_background.zip and images_evaluation.zip (or images_background_small1.zip"
+    " / images_background_small2.zip, or their extracted folders); download them from "
+    f"{DATA_URL} (python/ folder)"
+)
+
+ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray
+
+
+@dataclass(frozen=True)
+class OmniglotOptions:
+    n_way: int = option(5, "classes per task (N)", min=2)
+    k_shot: int = option(1, "support images per class (K)", min=1)
+    k_query: int = option(15, "query images per class", min=1)
+    image_size: int = option(28, "images are resized to image_size x image_size pixels", min=8)
+    rotations: bool = option(
+        True, "meta-train only: each character rotated by 0/90/180/270 degrees is its own class"
+    )
+    split: str = option(
+        "auto", "unit of the train/val/test split", choices=("auto", "alphabet", "character")
+    )
+    val_fraction: float = option(
+        0.1, "share of split units held out for meta-val", min=0.01, max=0.4
+    )
+    test_fraction: float = option(
+        0.2, "share of split units held out for meta-test (no evaluation set)", min=0.01, max=0.4
+    )
+    data_dir: str | None = option(
+        None, "folder with the Omniglot archives (default: $MAML_TUNE_DATA)"
+    )
+    cache_dir: str | None = option(
+        None, "decoded-image cache (default: $XDG_CACHE_HOME/maml-tune or ~/.cache/maml-tune)"
+    )
+
+
+@dataclass(frozen=True)
+class OmniglotData:
+    """The decoded data set, as :meth:`Omniglot.prepare` loads it and the cache stores it.
+
+    Images are grouped by character: character ``c`` owns
+    ``images[starts[c] : starts[c] + counts[c]]``. Characters are sorted by name.
+    """
+
+    images: torch.Tensor  # (n_images, size, size) uint8, stroke 255, background 0
+    starts: torch.Tensor  # (n_characters,) int64
+    counts: torch.Tensor  # (n_characters,) int64
+    characters: tuple[str, ...]  # "Alphabet/characterNN"
+    evaluation: tuple[bool, ...]  # per character: from images_evaluation
+    files: tuple[str, ...]  # per image: "Alphabet/characterNN/drawing.png"
+
+
+@dataclass(frozen=True)
+class _DeviceData:
+    """What :meth:`Omniglot.sample` needs, resident on one device."""
+
+    images: torch.Tensor
+    starts: torch.Tensor
+    counts: torch.Tensor
+    split_characters: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _Source:
+    """One archive or extracted folder, and its PNG members keyed by character."""
+
+    name: str
+    path: Path
+    members: dict[str, dict[str, str]]  # character -> drawing file name -> member / path
+    fingerprint: list[Any]
+
+
+class Omniglot(TaskFamily):
+    """Omniglot: each task is N characters, K support and ``k_query`` query drawings each.
+
+    Classes are characters; with ``rotations`` on, meta-train also treats each character
+    rotated by 90, 180 and 270 degrees as a class of its own (Finn et al.), so it has four
+    times as many classes; meta-val and meta-test are never rotated. Within a task the N
+    classes get labels 0..N-1 in random order. Characters present in several sources (the
+    two small background sets share Greek and Latin) are merged, never duplicated.
+
+    Split rule (deterministic, depends only on the names present):
+
+    * When both background characters (any ``images_background*`` source) and
+      ``images_evaluation`` are present, meta-test is exactly the evaluation characters and
+      the background characters are split into meta-train and meta-val.
+      ``test_fraction`` is unused.
+    * Otherwise all characters are split into meta-train, meta-val and meta-test.
+
+    The pool is split by *unit*: whole alphabets (``split="alphabet"``) or single
+    characters (``split="character"``). ``split="auto"`` uses alphabets when the pool holds
+    at least 5 alphabets, else characters. Units are ordered by the SHA-256 of their name
+    (``"Greek"`` or ``"Greek/character01"``); the first ``max(1, floor(test_fraction * U +
+    0.5))`` of the U units are meta-test (when split from the pool), the next
+    ``max(1, floor(val_fraction * U + 0.5))`` meta-val, and the rest meta-train. No
+    character is in two splits. A :class:`~maml_tune.errors.ConfigError` is raised when
+    meta-train would get no unit.
+    """
+
+    name = "omniglot"
+    description = "Omniglot handwritten characters, N-way K-shot (Lake 2015; Finn et al. 2017)"
+    kind = "classification"
+    Options = OmniglotOptions
+
+    def __init__(self, options: Any = None):
+        super().__init__(options)
+        self._data: OmniglotData | None = None
+        self._splits: dict[str, np.ndarray] = {}
+        self._devices: dict[str, _DeviceData] = {}
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        size = self.options.image_size
+        return (1, size, size)
+
+    @property
+    def output_size(self) -> int:
+        return self.options.n_way
+
+    def default_architecture(self) -> dict[str, Any]:
+        return {"kind": "conv", "blocks": 4, "channels": 64, "norm": "batch", "downsample": "pool"}
+
+    def literature_config(self) -> dict[str, Any]:
+        """Finn et al. 2017, appendix A.1; 20-way settings from ``n_way >= 20``, else 5-way."""
+        if self.options.n_way >= 20:
+            inner_lr, inner_steps, test_steps, meta_batch = 0.1, 5, 5, 16
+        else:
+            inner_lr, inner_steps, test_steps, meta_batch = 0.4, 1, 3, 32
+        return {
+            "algo.algorithm": "maml",
+            "algo.inner_lr": inner_lr,
+            "algo.inner_steps": inner_steps,
+            "algo.test_inner_steps": test_steps,
+            "train.meta_batch": meta_batch,
+            "train.meta_lr": 1e-3,
+        }
+
+    def prepare(self, progress: ProgressCallback | None = None) -> None:
+        """Load the decoded images (from the cache, else by decoding the archives once).
+
+        Called once before sampling (:meth:`sample` calls it when it was not). The first
+        decode reports ``progress(done, total, what)`` and writes the cache; later runs load
+        the cache in about a second. Raises :class:`~maml_tune.errors.DataError` when the
+        data is missing or unreadable, :class:`~maml_tune.errors.ConfigError` when the split
+        options leave meta-train empty.
+        """
+        if self._data is not None:
+            return
+        sources = _find_sources(_data_dirs(self.options.data_dir))
+        size = self.options.image_size
+        key = _cache_key(sources, size)
+        path = _cache_dir(self.options.cache_dir) / "omniglot" / f"omniglot-{size}px-{key}.npz"
+        data = _load_cache(path, key, size)
+        if data is None:
+            data = _decode(sources, size, progress)
+            _save_cache(path, key, data)
+        self._splits = _assign_splits(data, self.options)
+        self._data = data
+
+    def dataset(self) -> OmniglotData:
+        """The decoded images and their names; prepares the family when needed."""
+        self.prepare()
+        assert self._data is not None
+        return self._data
+
+    def characters(self, split: str) -> tuple[str, ...]:
+        """Names (``"Alphabet/characterNN"``) of the characters of ``split``, sorted."""
+        data = self.dataset()
+        return tuple(data.characters[i] for i in self._split_indices(split))
+
+    def sample(
+        self, split: str, n_tasks: int, generator: torch.Generator, device: torch.device
+    ) -> TaskBatch:
+        """Sample ``n_tasks`` N-way tasks of ``split``; called every meta-iteration and for eval.
+
+        One batched draw: N distinct classes per task by ranking uniform noise, then
+        ``k_shot + k_query`` distinct drawings per class the same way, gathered from the
+        uint8 images already resident on ``device``.
+        """
+        o = self.options
+        device = torch.device(device)
+        self.prepare()
+        chars = self._split_indices(split)
+        state = self._on_device(device)
+        rotate = o.rotations and split == "train"
+        n_classes = len(chars) * (_ROTATIONS if rotate else 1)
+        per_class = o.k_shot + o.k_query
+        if o.n_way > n_classes:
+            raise ConfigError(
+                f"omniglot: split {split!r} has {n_classes} classes, fewer than n_way={o.n_way};"
+                " lower n_way or change split / val_fraction / test_fraction"
+            )
+        counts = self.dataset().counts[torch.from_numpy(chars)]
+        if int(counts.min()) < per_class:
+            raise ConfigError(
+                f"omniglot: k_shot + k_query = {per_class} but some characters of split {split!r}"
+                f" have only {int(counts.min())} drawings; lower k_shot or k_query"
+            )
+
+        noise = torch.rand(n_tasks, n_classes, generator=generator, device=device)
+        picked = noise.topk(o.n_way, dim=1).indices  # (T, N) distinct, in random order
+        char_index = state.split_characters[split][picked // _ROTATIONS if rotate else picked]
+        starts, counts = state.starts[char_index], state.counts[char_index]
+
+        # Rank noise over every slot a character could have; slots past its count can never
+        # win, so the picks are distinct drawings of that character.
+        slots = torch.arange(int(counts.max()) if counts.numel() else 0, device=device)
+        noise = torch.rand(n_tasks, o.n_way, slots.numel(), generator=generator, device=device)
+        noise = noise.masked_fill(slots >= counts.unsqueeze(-1), 2.0)
+        drawing = noise.topk(per_class, dim=-1, largest=False).indices
+        x = state.images[starts.unsqueeze(-1) + drawing]  # (T, N, K+Q, H, W) uint8
+
+        if rotate:
+            quarter_turns = (picked % _ROTATIONS).view(n_tasks, o.n_way, 1, 1, 1)
+            rotated = x
+            for turns in range(1, _ROTATIONS):
+                rotated = torch.where(quarter_turns == turns, x.rot90(turns, (-2, -1)), rotated)
+            x = rotated
+
+        x = _to_float(x).unsqueeze(3)  # (T, N, K+Q, 1, H, W)
+        size = o.image_size
+        labels = torch.arange(o.n_way, device=device)
+        return TaskBatch(
+            x[:, :, : o.k_shot].reshape(n_tasks, -1, 1, size, size),
+            labels.repeat_interleave(o.k_shot).repeat(n_tasks, 1),
+            x[:, :, o.k_shot :].reshape(n_tasks, -1, 1, size, size),
+            labels.repeat_interleave(o.k_query).repeat(n_tasks, 1),
+        )
+
+    def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        """Turn users' own images into model input ``(B, 1, H, W)`` float32, as training sees it.
+
+        Called by prediction code. Accepts file paths, PIL images or numpy arrays in the
+        PNGs' polarity (dark strokes on white); see :func:`preprocess_images`.
+        """
+        return preprocess_images(images, self.options.image_size)
+
+    def _split_indices(self, split: str) -> np.ndarray:
+        if split not in SPLITS:
+            raise ConfigError(f"omniglot: unknown split {split!r} (expected one of {SPLITS})")
+        self.prepare()
+        return self._splits[split]
+
+    def _on_device(self, device: torch.device) -> _DeviceData:
+        # One resident copy per device: moving the images every call would dominate sampling.
+        key = str(device)
+        if key not in self._devices:
+            data = self.dataset()
+            self._devices[key] = _DeviceData(
+                images=data.images.to(device),
+                starts=data.starts.to(device),
+                counts=data.counts.to(device),
+                split_characters={
+                    split: torch.from_numpy(chars).to(device)
+                    for split, chars in self._splits.items()
+                },
+            )
+        return self._devices[key]
+
+
+def preprocess_images(images: Sequence[ImageInput], image_size: int) -> torch.Tensor:
+    """Images → ``(B, 1, image_size, image_size)`` float32 in [0, 1], strokes 1.0.
+
+    Exactly the transform training data goes through: greyscale (transparent pixels count
+    as white), padded with white to a centred square, resized with Lanczos antialiasing,
+    inverted, divided by 255. Numpy arrays are uint8 (0-255), bool, or float (0-1),
+    shaped ``(H, W)`` or ``(H, W, channels)``.
+    """
+    arrays = [_input_to_uint8(item, image_size) for item in images]
+    if not arrays:
+        return torch.zeros(0, 1, image_size, image_size)
+    return _to_float(torch.from_numpy(np.stack(arrays))).unsqueeze(1)
+
+
+def load_image_folder(
+    path: str | os.PathLike[str], image_size: int = 28
+) -> tuple[torch.Tensor, torch.Tensor, list[str], list[Path]]:
+    """Read ``path/<class>/<image>`` into ``(images, labels, class_names, files)``.
+
+    ``images`` is :func:`preprocess_images`'s ``(B, 1, H, W)`` float32, ``labels`` int64
+    indices into ``class_names`` (sub-folder names, sorted), ``files`` the image paths in
+    the same order. Hidden files and files that are not images are skipped. Raises
+    :class:`~maml_tune.errors.DataError` when the folder or a class is empty.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist or is not a folder")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"image folder {root} has no class sub-folders (expected {root}/<class>/)")
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, class_dir in enumerate(class_dirs):
+        found = sorted(
+            p
+            for p in class_dir.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not found:
+            raise DataError(f"class folder {class_dir} has no images ({', '.join(IMAGE_SUFFIXES)})")
+        files += found
+        labels += [label] * len(found)
+    images = preprocess_images(files, image_size)
+    return images, torch.tensor(labels, dtype=torch.int64), [p.name for p in class_dirs], files
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/maml-tune`` if that is an absolute path, else ``~/.cache/maml-tune``."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "maml-tune"
+
+
+# --- image transform -------------------------------------------------------------------
+
+
+def _input_to_uint8(item: ImageInput, size: int) -> np.ndarray:
+    if isinstance(item, Image.Image):
+        return _to_uint8(item, size)
+    if isinstance(item, np.ndarray):
+        return _to_uint8(_array_image(item), size)
+    try:
+        with Image.open(item) as image:
+            return _to_uint8(image, size)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"cannot read image {item}: {exc}") from exc
+
+
+def _array_image(array: np.ndarray) -> Image.Image:
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3):
+        raise DataError(f"expected an (H, W) or (H, W, channels) image array, got {array.shape}")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif np.issubdtype(array.dtype, np.floating):
+        array = np.round(np.clip(array, 0.0, 1.0) * 255).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise DataError(f"expected a uint8, bool or float image array, got dtype {array.dtype}")
+    return Image.fromarray(array)
+
+
+def _to_uint8(image: Image.Image, size: int) -> np.ndarray:
+    """The single image transform shared by the data set and :func:`preprocess_images`."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        # Transparent pixels would turn black in "L" and read as ink.
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    grey = image.convert("L")
+    width, height = grey.size
+    if width != height:
+        square = Image.new("L", (max(width, height),) * 2, 255)
+        square.paste(grey, ((square.width - width) // 2, (square.height - height) // 2))
+        grey = square
+    grey = grey.resize((size, size), Image.Resampling.LANCZOS)
+    return 255 - np.asarray(grey, dtype=np.uint8)
+
+
+def _to_float(images: torch.Tensor) -> torch.Tensor:
+    return images.to(torch.float32) / 255.0
+
+
+# --- locating and decoding the archives ------------------------------------------------
+
+
+def _data_dirs(data_dir: str | None) -> list[Path]:
+    raw = data_dir or os.environ.get(DATA_ENV)
+    if not raw:
+        raise DataError(
+            f"omniglot: no data folder; set the family option data_dir or ${DATA_ENV}; {_EXPECTED}"
+        )
+    root = Path(raw).expanduser()
+    # $MAML_TUNE_DATA may be a root shared by several families: accept <root>/omniglot too.
+    return [root, root / "omniglot"]
+
+
+def _find_sources(roots: list[Path]) -> list[_Source]:
+    """The archives of the first folder that has any; background ones first."""
+    for root in roots:
+        sources = []
+        for name in BACKGROUND_ARCHIVES + EVALUATION_ARCHIVES:
+            archive, folder = root / f"{name}.zip", root / name
+            # A zip is complete by construction; a folder may be half extracted.
+            if archive.is_file():
+                sources.append(_zip_source(name, archive))
+            elif folder.is_dir():
+                sources.append(_folder_source(name, folder))
+        if sources:
+            if not any(source.members for source in sources):
+                found = ", ".join(s.path.name for s in sources)
+                raise DataError(
+                    f"omniglot: {found} in {root} hold no <Alphabet>/<character>/*.png"
+                    f" drawings; {_EXPECTED}"
+                )
+            return sources
+    raise DataError(f"omniglot: no Omniglot data in {roots[0]}: {_EXPECTED}")
+
+
+def _zip_source(name: str, path: Path) -> _Source:
+    members: dict[str, dict[str, str]] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DataError(
+            f"omniglot: cannot read {path} ({exc}); download it again from {DATA_URL} (python/)"
+        ) from exc
+    for member in names:
+        parts = member.split("/")
+        # Skip directory entries and the resource forks macOS adds to zips.
+        if len(parts) < 3 or parts[0] == "__MACOSX" or parts[-1].startswith("."):
+            continue
+        if parts[-1].lower().endswith(".png"):
+            members.setdefault(f"{parts[-3]}/{parts[-2]}", {})[parts[-1]] = member
+    stat = path.stat()
+    return _Source(name, path, members, [path.name, stat.st_size, stat.st_mtime_ns])
+
+
+def _folder_source(name: str, path: Path) -> _Source:
+    members: dict[str, dict[str, str]] = {}
+    fingerprint: list[Any] = [path.name]
+    for file in sorted(path.glob("*/*/*")):
+        if file.name.startswith(".") or file.suffix.lower() != ".png" or not file.is_file():
+            continue
+        character = f"{file.parent.parent.name}/{file.parent.name}"
+        members.setdefault(character, {})[file.name] = str(file)
+        stat = file.stat()
+        fingerprint += [f"{character}/{file.name}", stat.st_size, stat.st_mtime_ns]
+    return _Source(name, path, members, fingerprint)
+
+
+def _decode(sources: list[_Source], size: int, progress: ProgressCallback | None) -> OmniglotData:
+    # Merge by character name so sources that overlap (small1 / small2 / full background)
+    # contribute each drawing once; the first source (background first) wins.
+    owner: dict[str, tuple[int, dict[str, tuple[int, str]]]] = {}
+    for index, source in enumerate(sources):
+        for character, drawings in source.members.items():
+            _, merged = owner.setdefault(character, (index, {}))
+            for file, member in drawings.items():
+                merged.setdefault(file, (index, member))
+    characters = sorted(owner)
+    plan = [
+        (character, file, *owner[character][1][file])
+        for character in characters
+        for file in sorted(owner[character][1])
+    ]
+    total = len(plan)
+    images = np.empty((total, size, size), dtype=np.uint8)
+    archives: dict[int, zipfile.ZipFile] = {}
+    try:
+        for done, (character, file, index, member) in enumerate(plan):
+            if progress is not None and done % 256 == 0:
+                progress(done, total, "decoding Omniglot images")
+            source = sources[index]
+            try:
+                if source.path.suffix == ".zip":
+                    if index not in archives:
+                        archives[index] = zipfile.ZipFile(source.path)
+                    raw: Any = io.BytesIO(archives[index].read(member))
+                else:
+                    raw = member
+                with Image.open(raw) as image:
+                    images[done] = _to_uint8(image, size)
+            except (OSError, zipfile.BadZipFile, UnidentifiedImageError) as exc:
+                raise DataError(
+                    f"omniglot: cannot decode {character}/{file} in {source.path} ({exc});"
+                    f" download it again from {DATA_URL} (python/)"
+                ) from exc
+    finally:
+        for archive in archives.values():
+            archive.close()
+    if progress is not None:
+        progress(total, total, "decoding Omniglot images")
+    counts = torch.tensor([len(owner[c][1]) for c in characters], dtype=torch.int64)
+    evaluation = tuple(sources[owner[c][0]].name in EVALUATION_ARCHIVES for c in characters)
+    return _make_data(images, counts, characters, evaluation, [f"{c}/{f}" for c, f, *_ in plan])
+
+
+def _make_data(
+    images: np.ndarray,
+    counts: torch.Tensor,
+    characters: Sequence[str],
+    evaluation: Sequence[bool],
+    files: Sequence[str],
+) -> OmniglotData:
+    starts = torch.cumsum(counts, 0) - counts
+    return OmniglotData(
+        torch.from_numpy(images), starts, counts, tuple(characters), tuple(evaluation), tuple(files)
+    )
+
+
+# --- cache -----------------------------------------------------------------------------
+
+
+def _cache_dir(option_value: str | None) -> Path:
+    return Path(option_value).expanduser() if option_value else default_cache_dir()
+
+
+def _cache_key(sources: list[_Source], size: int) -> str:
+    fingerprint = [_CACHE_FORMAT, size, [source.fingerprint for source in sources]]
+    return hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()[:20]
+
+
+def _load_cache(path: Path, key: str, size: int) -> OmniglotData | None:
+    """The cached data, or None when absent, stale or unreadable (it is then rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            images, counts = saved["images"], saved["counts"]
+            characters, evaluation = saved["characters"].tolist(), saved["evaluation"].tolist()
+            files, stored_key = saved["files"].tolist(), str(saved["key"])
+    except Exception:  # any damage to the file just means: rebuild it
+        return None
+    consistent = (
+        stored_key == key
+        and images.dtype == np.uint8
+        and images.shape == (int(counts.sum()), size, size)
+        and len(characters) == len(counts) == len(evaluation)
+        and len(files) == len(images)
+        and bool((counts > 0).all())
+    )
+    if not consistent:
+        return None
+    return _make_data(
+        images,
+        torch.from_numpy(counts.astype(np.int64)),
+        characters,
+        [bool(e) for e in evaluation],
+        files,
+    )
+
+
+def _save_cache(path: Path, key: str, data: OmniglotData) -> None:
+    # Written to a temporary file and renamed, so a crash or a concurrent run never
+    # leaves a half-written cache under the real name.
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".omniglot-", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                np.savez_compressed(
+                    file,
+                    images=data.images.numpy(),
+                    counts=data.counts.numpy(),
+                    characters=np.array(data.characters, dtype=str),
+                    evaluation=np.array(data.evaluation, dtype=bool),
+                    files=np.array(data.files, dtype=str),
+                    key=np.array(key),
+                )
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+    except OSError as exc:
+        message = f"omniglot: could not write the cache {path} ({exc}); decoding again next run"
+        warnings.warn(message, stacklevel=3)
+
+
+# --- splits ----------------------------------------------------------------------------
+
+
+def _assign_splits(data: OmniglotData, options: OmniglotOptions) -> dict[str, np.ndarray]:
+    """Character indices per split, following the rule in :class:`Omniglot`'s docstring."""
+    everything = np.arange(len(data.characters))
+    evaluation = np.array(data.evaluation, dtype=bool)
+    if evaluation.any() and not evaluation.all():
+        pool, held_out = everything[~evaluation], {"val": options.val_fraction}
+        fixed = {"test": everything[evaluation]}
+    else:
+        pool = everything
+        held_out = {"test": options.test_fraction, "val": options.val_fraction}
+        fixed = {}
+
+    names = [data.characters[i] for i in pool]
+    alphabets = sorted({name.split("/")[0] for name in names})
+    by_alphabet = options.split == "alphabet" or (
+        options.split == "auto" and len(alphabets) >= _MIN_ALPHABETS_FOR_AUTO
+    )
+    units = alphabets if by_alphabet else sorted(names)
+    units.sort(key=lambda unit: (hashlib.sha256(unit.encode()).hexdigest(), unit))
+
+    unit_split: dict[str, str] = {}
+    taken = 0
+    for split, fraction in held_out.items():
+        count = max(1, math.floor(fraction * len(units) + 0.5))
+        unit_split.update((unit, split) for unit in units[taken : taken + count])
+        taken += count
+    if taken >= len(units):
+        kind = "alphabets" if by_alphabet else "characters"
+        raise ConfigError(
+            f"omniglot: {len(units)} {kind} are too few to split into "
+            f"{', '.join(['train', *held_out])}; use split='character' or more data"
+        )
+
+    def split_of(name: str) -> str:
+        return unit_split.get(name.split("/")[0] if by_alphabet else name, "train")
+
+    splits = {split: pool[[split_of(n) == split for n in names]] for split in ("train", *held_out)}
+    return {**splits, **fixed}

@@ -1,0 +1,176 @@
+"""An independent reference for the MAML-family meta-gradient.
+
+Nothing here uses maml_tune's networks or inner loop: the forward pass is written out with
+``torch.nn.functional`` (and a hand-written batch-statistics norm), the inner loop is plain
+``torch.autograd.grad`` one task at a time, and the meta-gradient is a final
+``torch.autograd.grad`` of the mean query loss. Only the parameter *names* follow the
+layout of ``maml_tune.core.nets`` (``body.<index>.<weight|bias>`` and ``head.*``), so the
+results can be compared name by name; the tests assert that the name sets coincide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+Tensors = dict[str, torch.Tensor]
+
+EPS = 1e-5
+
+_ACT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu,
+    "tanh": torch.tanh,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "leaky_relu": F.leaky_relu,
+}
+
+
+def batch_stat_norm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """Normalise with the batch's own statistics over (N, H, W): biased variance, eps 1e-5."""
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = x.sum(dim=(0, 2, 3), keepdim=True) / n
+    centred = x - mean
+    var = (centred * centred).sum(dim=(0, 2, 3), keepdim=True) / n
+    return (
+        centred / torch.sqrt(var + EPS) * weight[None, :, None, None]
+        + bias[None, :, None, None]
+    )
+
+
+def forward(arch, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The network described by ``arch`` (an ``ArchConfig``) with weights ``params``."""
+    act = _ACT[arch.activation]
+    if arch.kind == "mlp":
+        h = x.reshape(x.shape[0], -1)
+        for layer in range(arch.depth):
+            index = 2 * layer  # body = [Linear, activation] * depth
+            h = act(
+                F.linear(
+                    h, params[f"body.{index}.weight"], params[f"body.{index}.bias"]
+                )
+            )
+        return F.linear(h, params["head.weight"], params["head.bias"])
+
+    pool = arch.downsample == "pool"
+    norm = arch.norm == "batch"
+    per_block = 2 + int(norm) + int(pool)  # conv, [norm], activation, [pool]
+    h = x
+    for block in range(arch.blocks):
+        index = block * per_block
+        h = F.conv2d(
+            h,
+            params[f"body.{index}.weight"],
+            params[f"body.{index}.bias"],
+            stride=1 if pool else 2,
+            padding=1,
+        )
+        if norm:
+            h = batch_stat_norm(
+                h, params[f"body.{index + 1}.weight"], params[f"body.{index + 1}.bias"]
+            )
+        h = act(h)
+        if pool:
+            h = F.max_pool2d(h, 2, ceil_mode=True)
+    return F.linear(
+        h.reshape(h.shape[0], -1), params["head.weight"], params["head.bias"]
+    )
+
+
+def parameter_names(arch) -> list[str]:
+    """The parameter names this reference reads, in no particular order."""
+    if arch.kind == "mlp":
+        names = [
+            f"body.{2 * i}.{w}" for i in range(arch.depth) for w in ("weight", "bias")
+        ]
+    else:
+        pool, norm = arch.downsample == "pool", arch.norm == "batch"
+        per_block = 2 + int(norm) + int(pool)
+        names = []
+        for block in range(arch.blocks):
+            index = block * per_block
+            names += [f"body.{index}.weight", f"body.{index}.bias"]
+            if norm:
+                names += [f"body.{index + 1}.weight", f"body.{index + 1}.bias"]
+    return names + ["head.weight", "head.bias"]
+
+
+def _lr_at(algorithm: str, lr, step: int):
+    if algorithm == "metasgd":
+        return lr[0]  # (1, *shape): the same per-parameter rate at every step
+    if algorithm == "lslr":
+        return lr[step]  # (steps,): one scalar rate per parameter tensor per step
+    return lr  # a plain float
+
+
+def meta_gradient(
+    arch,
+    algo,
+    kind: str,
+    weights: Mapping[str, torch.Tensor],
+    lrs: Mapping[str, torch.Tensor] | None,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    query_x: torch.Tensor,
+    query_y: torch.Tensor,
+    step_weights: Sequence[float] | None = None,
+) -> tuple[torch.Tensor, Tensors, Tensors]:
+    """(mean meta-loss, d loss / d weights, d loss / d learned lrs) for a batch of tasks.
+
+    ``weights`` and ``lrs`` are copied into fresh leaves; ``lrs`` maps each adapted
+    parameter name to its learned rate (Meta-SGD / LSLR) and is ignored otherwise.
+    """
+    loss_fn = F.mse_loss if kind == "regression" else F.cross_entropy
+    first_order = algo.first_order or algo.algorithm == "fomaml"
+    steps = algo.inner_steps
+
+    theta = {
+        name: w.detach().clone().requires_grad_(True) for name, w in weights.items()
+    }
+    if algo.algorithm == "anil":
+        adapted = [name for name in theta if name.startswith("head.")]
+    else:
+        adapted = list(theta)
+    learned = algo.algorithm in ("metasgd", "lslr")
+    if learned:
+        rates = {
+            name: lrs[name].detach().clone().requires_grad_(True) for name in adapted
+        }
+    else:
+        rates = {name: float(algo.inner_lr) for name in adapted}
+
+    task_losses = []
+    for t in range(support_x.shape[0]):
+        sx, sy, qx, qy = support_x[t], support_y[t], query_x[t], query_y[t]
+        fast = {name: theta[name] for name in adapted}
+        per_step = []
+        for step in range(steps):
+            current = {**theta, **fast}
+            support_loss = loss_fn(forward(arch, current, sx), sy)
+            grads = torch.autograd.grad(
+                support_loss,
+                [fast[name] for name in adapted],
+                create_graph=not first_order,
+            )
+            fast = {
+                name: fast[name] - _lr_at(algo.algorithm, rates[name], step) * g
+                for name, g in zip(adapted, grads)
+            }
+            if step_weights is not None:
+                per_step.append(loss_fn(forward(arch, {**theta, **fast}, qx), qy))
+        if step_weights is None:
+            task_losses.append(loss_fn(forward(arch, {**theta, **fast}, qx), qy))
+        else:
+            task_losses.append(sum(w * loss for w, loss in zip(step_weights, per_step)))
+    meta_loss = torch.stack(task_losses).mean()
+
+    wrt = list(theta.values()) + (list(rates.values()) if learned else [])
+    grads = torch.autograd.grad(meta_loss, wrt, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(wrt, grads)]
+    weight_grads = dict(zip(theta, grads[: len(theta)]))
+    lr_grads = dict(zip(rates, grads[len(theta) :])) if learned else {}
+    return meta_loss.detach(), weight_grads, lr_grads
