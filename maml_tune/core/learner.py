@@ -124,7 +124,7 @@ class MetaLearner(nn.Module):
         )
         losses = [
             weight * self.loss_fn(self.functional_forward(adapted, query_x), query_y)
-            for weight, adapted in zip(step_weights, trajectory)
+            for weight, adapted in zip(step_weights, trajectory, strict=True)
         ]
         return torch.stack(losses).sum()
 
@@ -145,7 +145,9 @@ class MetaLearner(nn.Module):
             loss = vmap(objective)(*batch.tensors()).mean()
             loss.backward()
             return loss.detach()
-        total = torch.zeros((), device=batch.support_x.device)
+        if strategy != "loop":
+            raise ValueError(f"unknown execution strategy {strategy!r}; resolve 'auto' first")
+        total = torch.zeros((), dtype=batch.query_x.dtype, device=batch.query_x.device)
         for index in range(batch.n_tasks):
             loss = objective(*(t[index] for t in batch.tensors())) / batch.n_tasks
             loss.backward()

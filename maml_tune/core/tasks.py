@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,6 +61,8 @@ class TaskSampler(Protocol):
 
 def split_generator(split: str, seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator for ``split`` seeded from ``seed``; different splits never share a stream."""
+    # CPU generators only use the low 32 bits of a seed, so mix split and seed into them.
+    digest = hashlib.sha256(f"{split}:{seed}".encode()).digest()
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed + (SPLITS.index(split) << 40))
+    generator.manual_seed(int.from_bytes(digest[:4], "little"))
     return generator

@@ -1,0 +1,112 @@
+import math
+
+import pytest
+import torch
+
+from maml_tune.core.config import AlgoConfig, RunConfig
+from maml_tune.core.evaluation import evaluate
+from maml_tune.core.trainer import MetaTrainer, TrainerCallback, multi_step_weights
+from maml_tune.errors import DivergenceError
+from maml_tune.families.sinusoid import Sinusoid
+
+CPU = torch.device("cpu")
+
+
+def _config(**overrides):
+    base = {"train.iterations": 30, "train.val_interval": 10, "train.val_tasks": 20,
+            "arch.width": 20}
+    return Sinusoid().run_config({**base, **overrides})
+
+
+def test_short_sinusoid_run_halves_the_post_adaptation_loss():
+    family = Sinusoid()
+    config = family.run_config({"train.iterations": 1500, "train.val_interval": 500})
+    result = MetaTrainer(config, family, CPU).run()
+    test = evaluate(result.learner, family, split="test", tasks=600, steps=1, seed=2,
+                    strategy=result.strategy, device=CPU)
+    assert test.loss_after.mean < 0.5 * test.loss_before.mean, test
+    assert [i for i, _ in result.validations] == [500, 1000, 1500]
+
+
+def test_training_is_deterministic_for_a_seed():
+    family = Sinusoid()
+    runs = [MetaTrainer(_config(), family, CPU).run() for _ in range(2)]
+    for a, b in zip(runs[0].learner.parameters(), runs[1].learner.parameters()):
+        assert torch.equal(a, b)
+    other = MetaTrainer(_config(**{"train.seed": 1}), family, CPU).run()
+    assert not torch.equal(next(other.learner.parameters()), next(runs[0].learner.parameters()))
+
+
+def test_callbacks_receive_every_iteration_and_validation():
+    seen = {"iterations": [], "validations": []}
+
+    class Recorder(TrainerCallback):
+        def on_iteration(self, report):
+            seen["iterations"].append(report.iteration)
+            assert math.isfinite(report.meta_loss) and report.tasks_per_sec > 0
+
+        def on_validation(self, iteration, result):
+            seen["validations"].append((iteration, result.tasks))
+
+    MetaTrainer(_config(), Sinusoid(), CPU, [Recorder()]).run()
+    assert seen["iterations"] == list(range(1, 31))
+    assert seen["validations"] == [(10, 20), (20, 20), (30, 20)]
+
+
+def test_a_callback_exception_stops_training():
+    class Stop(TrainerCallback):
+        def on_validation(self, iteration, result):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        MetaTrainer(_config(), Sinusoid(), CPU, [Stop()]).run()
+
+
+def test_divergence_stops_with_a_typed_error():
+    config = _config(**{"algo.inner_lr": 1e6, "algo.inner_steps": 3})
+    with pytest.raises(DivergenceError) as info:
+        MetaTrainer(config, Sinusoid(), CPU).run()
+    assert info.value.iteration >= 1
+    assert "iteration" in str(info.value)
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "anil", "metasgd", "lslr"])
+def test_every_algorithm_trains_with_validation(algorithm):
+    config = _config(**{"algo.algorithm": algorithm, "algo.inner_steps": 2,
+                        "algo.multi_step_loss": True})
+    result = MetaTrainer(config, Sinusoid(), CPU).run()
+    assert result.iterations == 30 and len(result.validations) == 3
+
+
+def test_train_and_test_inner_steps_may_differ():
+    config = _config(**{"algo.inner_steps": 1, "algo.test_inner_steps": 5})
+    assert config.algo.eval_inner_steps == 5
+    trainer = MetaTrainer(config, Sinusoid(), CPU)
+    assert trainer.run().validations[-1][1].steps == 5
+
+
+def test_multi_step_weights_anneal_onto_the_last_step():
+    algo = AlgoConfig(inner_steps=4, multi_step_loss=True, msl_anneal_iterations=100)
+    start, late = multi_step_weights(algo, 0), multi_step_weights(algo, 10_000)
+    assert start == pytest.approx([0.25] * 4)
+    assert late[:3] == pytest.approx([0.03 / 4] * 3) and late[3] == pytest.approx(1 - 3 * 0.03 / 4)
+    assert multi_step_weights(AlgoConfig(inner_steps=4), 0) is None
+
+
+def test_grad_clip_and_cosine_run():
+    config = _config(**{"train.grad_clip": 0.1, "train.cosine": True})
+    assert MetaTrainer(config, Sinusoid(), CPU).run().iterations == 30
+
+
+def test_run_config_round_trips_and_rejects_unknown_keys():
+    from maml_tune.errors import ConfigError
+
+    config = _config(**{"algo.test_inner_steps": 3})
+    assert RunConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match="train.bogus"):
+        config.override({"train.bogus": 1})
+    with pytest.raises(ConfigError, match="algo.inner_steps"):
+        config.override({"inner_steps": 0})
+    with pytest.raises(ConfigError, match="expected a number"):
+        config.override({"algo.inner_lr": "fast"})
+    assert config.override({"inner_lr": "-0.5"}).algo.inner_lr == -0.5

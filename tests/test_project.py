@@ -1,0 +1,76 @@
+"""Project-level invariants: dependency direction, README ↔ CI, packaging."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BLOCKER = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def __init__(self, names): self.names = names
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] in self.names:
+                raise ImportError(f"{{name}} is blocked in this test")
+    sys.meta_path.insert(0, Block({blocked!r}))
+    """
+)
+
+
+def _import_with_blocked(modules: list[str], blocked: set[str]) -> subprocess.CompletedProcess:
+    code = BLOCKER.format(blocked=blocked) + "\n".join(f"import {m}" for m in modules)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+
+
+def _package_modules(subpackage: str) -> list[str]:
+    base = ROOT / "maml_tune" / subpackage
+    return [
+        "maml_tune." + ".".join(p.relative_to(ROOT / "maml_tune").with_suffix("").parts).removesuffix(".__init__")
+        for p in sorted(base.rglob("*.py"))
+    ]
+
+
+def test_core_imports_without_optuna_typer_rich():
+    result = _import_with_blocked(_package_modules("core"), {"optuna", "typer", "rich"})
+    assert result.returncode == 0, result.stderr
+
+
+def test_families_import_without_optuna_typer_rich():
+    result = _import_with_blocked(_package_modules("families"), {"optuna", "typer", "rich"})
+    assert result.returncode == 0, result.stderr
+
+
+def test_search_imports_without_typer_rich():
+    modules = _package_modules("search")
+    result = _import_with_blocked(modules, {"typer", "rich"})
+    assert result.returncode == 0, result.stderr
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    commands = [
+        line.strip() for line in readme.splitlines()
+        if line.strip().startswith("pip install torch==2.13.0") and "pytest" in line
+    ]
+    assert len(commands) == 1, "the README must show exactly one test command"
+    assert commands[0] in ci.splitlines()
+
+
+def test_builtin_families_are_entry_points():
+    from importlib.metadata import entry_points
+
+    names = {ep.name for ep in entry_points(group="maml_tune.task_families")}
+    assert "sinusoid" in names
+
+
+@pytest.mark.parametrize("module", ["maml_tune.cli.main"])
+def test_help_does_not_import_torch(module):
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.stdout.strip() == "False", result.stderr
