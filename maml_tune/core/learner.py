@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import vmap
 
 from maml_tune.core.config import AlgoConfig, ArchConfig
+from maml_tune.core.batched import make_batched_forward, per_task_loss, stack_params
 from maml_tune.core.inner import LossFn, Params, adapt, inner_trajectory, make_forward
 from maml_tune.core.nets import HEAD_PREFIX, build_network
 from maml_tune.core.tasks import TaskBatch
@@ -80,6 +81,8 @@ class MetaLearner(nn.Module):
                 self.lrs.append(nn.Parameter(torch.full((algo.inner_steps,), algo.inner_lr)))
         self.loss_fn = loss_function(kind)
         self.functional_forward = make_forward(self.net, dict(self.net.named_buffers()))
+        self.batched_forward = make_batched_forward(self.net)
+        self.per_task_loss = per_task_loss(kind)
 
     def weights(self) -> Params:
         """θ: the network's meta-learned initial weights, by name."""
@@ -109,40 +112,61 @@ class MetaLearner(nn.Module):
         query_x: torch.Tensor,
         query_y: torch.Tensor,
         step_weights: Sequence[float] | None,
+        *,
+        batched: bool = False,
     ) -> torch.Tensor:
-        """One task's meta-loss: the query loss after adaptation (or MAML++'s weighted sum over steps)."""
-        steps, first_order = self.algo.inner_steps, self.algo.is_first_order
-        if step_weights is None:
-            adapted = adapt(
-                self.functional_forward, params, lrs, support_x, support_y, self.loss_fn,
-                steps, first_order,
-            )
-            return self.loss_fn(self.functional_forward(adapted, query_x), query_y)
+        """The meta-loss: the query loss after adaptation (or MAML++'s weighted sum over steps).
+
+        Per task (unbatched tensors) it returns a scalar. With ``batched``, ``params`` are
+        stacked over tasks, the tensors carry a leading task dimension, and it returns the
+        ``(T,)`` per-task losses; the inner loop then minimises their sum, whose gradient
+        with respect to each task's stacked weights is that task's own gradient.
+        """
+        if batched:
+            forward, query_loss = self.batched_forward, self.per_task_loss
+
+            def inner_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return self.per_task_loss(out, y).sum()
+        else:
+            forward, query_loss, inner_loss = self.functional_forward, self.loss_fn, self.loss_fn
         trajectory = inner_trajectory(
-            self.functional_forward, params, lrs, support_x, support_y, self.loss_fn,
-            steps, first_order,
+            forward, params, lrs, support_x, support_y, inner_loss,
+            self.algo.inner_steps, self.algo.is_first_order,
         )
+        if step_weights is None:
+            adapted = params
+            for adapted in trajectory:
+                pass
+            return query_loss(forward(adapted, query_x), query_y)
         losses = [
-            weight * self.loss_fn(self.functional_forward(adapted, query_x), query_y)
+            weight * query_loss(forward(adapted, query_x), query_y)
             for weight, adapted in zip(step_weights, trajectory, strict=True)
         ]
-        return torch.stack(losses).sum()
+        return torch.stack(losses).sum(dim=0)
 
     def accumulate_meta_gradient(
         self, batch: TaskBatch, strategy: str, step_weights: Sequence[float] | None = None
     ) -> torch.Tensor:
         """Add ∇(mean meta-loss over the batch) to the meta-parameters' ``.grad``; return the mean loss.
 
-        ``vmap`` computes all tasks in one vectorised graph; ``loop`` back-propagates
-        task by task, so at most one task's graph is alive at a time.
+        ``vmap`` vectorises the per-task computation with ``torch.func.vmap``; ``batched``
+        runs all tasks through one grouped network pass; ``loop`` back-propagates task by
+        task, so at most one task's graph is alive at a time.
         """
         params, lrs = self.weights(), self.inner_lrs()
 
         def objective(sx, sy, qx, qy):
             return self.task_objective(params, lrs, sx, sy, qx, qy, step_weights)
 
-        if strategy == "vmap":
-            loss = vmap(objective)(*batch.tensors()).mean()
+        if strategy in ("vmap", "batched"):
+            if strategy == "vmap":
+                losses = vmap(objective)(*batch.tensors())
+            else:
+                stacked = stack_params(params, batch.n_tasks)
+                losses = self.task_objective(
+                    stacked, lrs, *batch.tensors(), step_weights, batched=True
+                )
+            loss = losses.mean()
             loss.backward()
             return loss.detach()
         if strategy != "loop":
@@ -157,19 +181,31 @@ class MetaLearner(nn.Module):
     @torch.no_grad()
     def outcome(self, batch: TaskBatch, steps: int, strategy: str) -> BatchOutcome:
         """Per-task query loss (and accuracy) before and after ``steps`` adaptation steps."""
-        params, lrs = self.weights(), self.inner_lrs()
+        lrs = self.inner_lrs()
         classify = self.kind == "classification"
+        batched = strategy == "batched"
+        if batched:
+            forward, loss = self.batched_forward, self.per_task_loss
+            params = stack_params(self.weights(), batch.n_tasks)
+
+            def inner_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return self.per_task_loss(out, y).sum()
+
+            def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+                return (logits.argmax(dim=-1) == labels).float().mean(dim=-1)
+        else:
+            forward, loss, inner_loss = self.functional_forward, self.loss_fn, self.loss_fn
+            params, accuracy = self.weights(), _accuracy
 
         def per_task(sx, sy, qx, qy):
-            before = self.functional_forward(params, qx)
-            adapted = adapt(self.functional_forward, params, lrs, sx, sy, self.loss_fn, steps)
-            after = self.functional_forward(adapted, qx)
-            results = [self.loss_fn(before, qy), self.loss_fn(after, qy)]
+            before = forward(params, qx)
+            after = forward(adapt(forward, params, lrs, sx, sy, inner_loss, steps), qx)
+            results = [loss(before, qy), loss(after, qy)]
             if classify:
-                results += [_accuracy(before, qy), _accuracy(after, qy)]
+                results += [accuracy(before, qy), accuracy(after, qy)]
             return tuple(results)
 
-        stacked = map_tasks(per_task, batch, strategy)
+        stacked = per_task(*batch.tensors()) if batched else map_tasks(per_task, batch, strategy)
         if classify:
             return BatchOutcome(*stacked)
         return BatchOutcome(stacked[0], stacked[1], None, None)

@@ -13,6 +13,7 @@ background 0) and handed to models as float32 in [0, 1] (stroke 1.0, background 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -21,7 +22,9 @@ import os
 import tempfile
 import warnings
 import zipfile
+import zlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 _ROTATIONS = 4
 _MIN_ALPHABETS_FOR_AUTO = 5
 _CACHE_FORMAT = 1
+_DECODE_CHUNK = 512
 _EXPECTED = (
     "expected images_background.zip and images_evaluation.zip (or images_background_small1.zip"
     " / images_background_small2.zip, or their extracted folders); download them from "
@@ -105,6 +109,7 @@ class _DeviceData:
     images: torch.Tensor
     starts: torch.Tensor
     counts: torch.Tensor
+    rotations: torch.Tensor  # (4, H*W): source pixel of each output pixel, per quarter turn
     split_characters: dict[str, torch.Tensor]
 
 
@@ -125,7 +130,8 @@ class Omniglot(TaskFamily):
     rotated by 90, 180 and 270 degrees as a class of its own (Finn et al.), so it has four
     times as many classes; meta-val and meta-test are never rotated. Within a task the N
     classes get labels 0..N-1 in random order. Characters present in several sources (the
-    two small background sets share Greek and Latin) are merged, never duplicated.
+    two small background sets share Greek and Latin) are read once, from the first source
+    in the order images_background, _small1, _small2, images_evaluation.
 
     Split rule (deterministic, depends only on the names present):
 
@@ -239,10 +245,11 @@ class Omniglot(TaskFamily):
                 " lower n_way or change split / val_fraction / test_fraction"
             )
         counts = self.dataset().counts[torch.from_numpy(chars)]
-        if int(counts.min()) < per_class:
+        fewest, most = int(counts.min()), int(counts.max())
+        if fewest < per_class:
             raise ConfigError(
                 f"omniglot: k_shot + k_query = {per_class} but some characters of split {split!r}"
-                f" have only {int(counts.min())} drawings; lower k_shot or k_query"
+                f" have only {fewest} drawings; lower k_shot or k_query"
             )
 
         noise = torch.rand(n_tasks, n_classes, generator=generator, device=device)
@@ -252,26 +259,18 @@ class Omniglot(TaskFamily):
 
         # Rank noise over every slot a character could have; slots past its count can never
         # win, so the picks are distinct drawings of that character.
-        slots = torch.arange(int(counts.max()) if counts.numel() else 0, device=device)
-        noise = torch.rand(n_tasks, o.n_way, slots.numel(), generator=generator, device=device)
+        slots = torch.arange(most, device=device)
+        noise = torch.rand(n_tasks, o.n_way, most, generator=generator, device=device)
         noise = noise.masked_fill(slots >= counts.unsqueeze(-1), 2.0)
         drawing = noise.topk(per_class, dim=-1, largest=False).indices
-        x = state.images[starts.unsqueeze(-1) + drawing]  # (T, N, K+Q, H, W) uint8
+        image_index = starts.unsqueeze(-1) + drawing  # (T, N, K+Q)
 
-        if rotate:
-            quarter_turns = (picked % _ROTATIONS).view(n_tasks, o.n_way, 1, 1, 1)
-            rotated = x
-            for turns in range(1, _ROTATIONS):
-                rotated = torch.where(quarter_turns == turns, x.rot90(turns, (-2, -1)), rotated)
-            x = rotated
-
-        x = _to_float(x).unsqueeze(3)  # (T, N, K+Q, 1, H, W)
-        size = o.image_size
+        turns = picked % _ROTATIONS if rotate else None
         labels = torch.arange(o.n_way, device=device)
         return TaskBatch(
-            x[:, :, : o.k_shot].reshape(n_tasks, -1, 1, size, size),
+            self._gather(state, image_index[:, :, : o.k_shot], turns),
             labels.repeat_interleave(o.k_shot).repeat(n_tasks, 1),
-            x[:, :, o.k_shot :].reshape(n_tasks, -1, 1, size, size),
+            self._gather(state, image_index[:, :, o.k_shot :], turns),
             labels.repeat_interleave(o.k_query).repeat(n_tasks, 1),
         )
 
@@ -286,8 +285,21 @@ class Omniglot(TaskFamily):
     def _split_indices(self, split: str) -> np.ndarray:
         if split not in SPLITS:
             raise ConfigError(f"omniglot: unknown split {split!r} (expected one of {SPLITS})")
-        self.prepare()
         return self._splits[split]
+
+    def _gather(
+        self, state: _DeviceData, index: torch.Tensor, turns: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Images ``index`` (T, N, M), each class turned ``turns`` (T, N) → (T, N*M, 1, H, W)."""
+        n_tasks, n_way, per_class = index.shape
+        size = self.options.image_size
+        # index_select on the flat index is far faster than advanced indexing here.
+        x = state.images.index_select(0, index.reshape(-1)).view(n_tasks, n_way, per_class, -1)
+        if turns is not None:
+            # A rotation is a fixed permutation of the pixels: one gather rotates every class.
+            pixels = state.rotations[turns].unsqueeze(2).expand(-1, -1, per_class, -1)
+            x = x.gather(-1, pixels)
+        return _to_float(x).view(n_tasks, n_way * per_class, 1, size, size)
 
     def _on_device(self, device: torch.device) -> _DeviceData:
         # One resident copy per device: moving the images every call would dominate sampling.
@@ -298,6 +310,7 @@ class Omniglot(TaskFamily):
                 images=data.images.to(device),
                 starts=data.starts.to(device),
                 counts=data.counts.to(device),
+                rotations=_rotation_pixels(self.options.image_size).to(device),
                 split_characters={
                     split: torch.from_numpy(chars).to(device)
                     for split, chars in self._splits.items()
@@ -405,7 +418,12 @@ def _to_uint8(image: Image.Image, size: int) -> np.ndarray:
 
 
 def _to_float(images: torch.Tensor) -> torch.Tensor:
-    return images.to(torch.float32) / 255.0
+    return images.to(torch.float32).div_(255.0)
+
+
+def _rotation_pixels(size: int) -> torch.Tensor:
+    grid = torch.arange(size * size).view(size, size)
+    return torch.stack([grid.rot90(turns).reshape(-1) for turns in range(_ROTATIONS)])
 
 
 # --- locating and decoding the archives ------------------------------------------------
@@ -478,49 +496,63 @@ def _folder_source(name: str, path: Path) -> _Source:
 
 
 def _decode(sources: list[_Source], size: int, progress: ProgressCallback | None) -> OmniglotData:
-    # Merge by character name so sources that overlap (small1 / small2 / full background)
-    # contribute each drawing once; the first source (background first) wins.
-    owner: dict[str, tuple[int, dict[str, tuple[int, str]]]] = {}
+    # Sources overlap (small1 / small2 / full background share alphabets): each character
+    # is read from the first source that has it, so it is never counted twice.
+    owner: dict[str, int] = {}
     for index, source in enumerate(sources):
-        for character, drawings in source.members.items():
-            _, merged = owner.setdefault(character, (index, {}))
-            for file, member in drawings.items():
-                merged.setdefault(file, (index, member))
+        for character in source.members:
+            owner.setdefault(character, index)
     characters = sorted(owner)
     plan = [
-        (character, file, *owner[character][1][file])
+        (character, file, owner[character], sources[owner[character]].members[character][file])
         for character in characters
-        for file in sorted(owner[character][1])
+        for file in sorted(sources[owner[character]].members[character])
     ]
     total = len(plan)
     images = np.empty((total, size, size), dtype=np.uint8)
-    archives: dict[int, zipfile.ZipFile] = {}
-    try:
-        for done, (character, file, index, member) in enumerate(plan):
-            if progress is not None and done % 256 == 0:
-                progress(done, total, "decoding Omniglot images")
-            source = sources[index]
-            try:
-                if source.path.suffix == ".zip":
-                    if index not in archives:
-                        archives[index] = zipfile.ZipFile(source.path)
-                    raw: Any = io.BytesIO(archives[index].read(member))
-                else:
-                    raw = member
-                with Image.open(raw) as image:
-                    images[done] = _to_uint8(image, size)
-            except (OSError, zipfile.BadZipFile, UnidentifiedImageError) as exc:
-                raise DataError(
-                    f"omniglot: cannot decode {character}/{file} in {source.path} ({exc});"
-                    f" download it again from {DATA_URL} (python/)"
-                ) from exc
-    finally:
-        for archive in archives.values():
-            archive.close()
+
+    def fail(position: int, exc: Exception) -> DataError:
+        character, file, index, _ = plan[position]
+        return DataError(
+            f"omniglot: cannot decode {character}/{file} in {sources[index].path} ({exc});"
+            f" download it again from {DATA_URL} (python/)"
+        )
+
+    def decode(position: int, raw: bytes) -> None:
+        try:
+            with Image.open(io.BytesIO(raw)) as image:
+                images[position] = _to_uint8(image, size)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise fail(position, exc) from exc
+
+    # Reading stays on this thread (zip files are not shared across threads); PNG decoding
+    # and resizing release the GIL, so a thread pool divides the one-off decode time.
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(ThreadPoolExecutor(min(8, os.cpu_count() or 1)))
+        archives = {
+            index: stack.enter_context(zipfile.ZipFile(source.path))
+            for index, source in enumerate(sources)
+            if source.path.suffix == ".zip"
+        }
+        for start in range(0, total, _DECODE_CHUNK):
+            if progress is not None:
+                progress(start, total, "decoding Omniglot images")
+            positions = range(start, min(start + _DECODE_CHUNK, total))
+            raws = []
+            for position in positions:
+                _, _, index, member = plan[position]
+                try:
+                    if index in archives:
+                        raws.append(archives[index].read(member))
+                    else:
+                        raws.append(Path(member).read_bytes())
+                except (OSError, zipfile.BadZipFile, zlib.error) as exc:
+                    raise fail(position, exc) from exc
+            list(pool.map(decode, positions, raws))
     if progress is not None:
         progress(total, total, "decoding Omniglot images")
-    counts = torch.tensor([len(owner[c][1]) for c in characters], dtype=torch.int64)
-    evaluation = tuple(sources[owner[c][0]].name in EVALUATION_ARCHIVES for c in characters)
+    counts = torch.tensor([len(sources[owner[c]].members[c]) for c in characters])
+    evaluation = tuple(sources[owner[c]].name in EVALUATION_ARCHIVES for c in characters)
     return _make_data(images, counts, characters, evaluation, [f"{c}/{f}" for c, f, *_ in plan])
 
 
@@ -638,7 +670,8 @@ def _assign_splits(data: OmniglotData, options: OmniglotOptions) -> dict[str, np
         kind = "alphabets" if by_alphabet else "characters"
         raise ConfigError(
             f"omniglot: {len(units)} {kind} are too few to split into "
-            f"{', '.join(['train', *held_out])}; use split='character' or more data"
+            f"{', '.join(['train', *held_out])}; lower val_fraction / test_fraction, use"
+            " split='character', or add data"
         )
 
     def split_of(name: str) -> str:

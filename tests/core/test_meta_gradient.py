@@ -3,8 +3,8 @@
 Each case builds a float64 :class:`MetaLearner`, lets ``accumulate_meta_gradient`` fill
 the ``.grad`` of its meta-parameters, and compares them with ``tests/core/reference.py``:
 an independent functional forward pass and a task-by-task ``torch.autograd.grad`` inner
-loop. Error measure (per meta-parameter tensor): ``max|g - g_ref| / max|g_ref|`` must be
-≤ 1e-6; a tensor whose reference gradient is structurally zero (max|g_ref| ≤ 1e-12, e.g.
+loop. Every execution strategy (``vmap``, ``loop``, ``batched``) is checked. Error measure
+(per meta-parameter tensor): ``max|g - g_ref| / max|g_ref|`` must be ≤ 1e-6; a tensor whose reference gradient is structurally zero (max|g_ref| ≤ 1e-12, e.g.
 the bias of a conv directly followed by the batch-statistics norm) must instead satisfy
 ``max|g| ≤ 1e-12``.
 """
@@ -90,7 +90,7 @@ CASES = {
     ),
 }
 
-STRATEGIES = ("vmap", "loop")
+STRATEGIES = ("vmap", "loop", "batched")
 
 
 def make_batch(problem: str, seed: int = 1) -> TaskBatch:
@@ -243,14 +243,27 @@ def test_meta_gradient_matches_reference(problem, case, strategy):
     )
 
 
+@pytest.mark.parametrize("strategy", ["vmap", "batched"])
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("problem", list(PROBLEMS))
-def test_vmap_and_loop_agree(problem, case):
+def test_vectorised_strategies_agree_with_the_loop(problem, case, strategy):
     assert_close(
-        engine_gradients(problem, case, "vmap"),
+        engine_gradients(problem, case, strategy),
         engine_gradients(problem, case, "loop"),
-        f"{problem}/{case} vmap vs loop",
+        f"{problem}/{case} {strategy} vs loop",
     )
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "batched"])
+@pytest.mark.parametrize("problem", list(PROBLEMS))
+def test_evaluation_outcomes_agree_across_strategies(problem, strategy):
+    learner = make_learner(problem, "metasgd")
+    batch = make_batch(problem)
+    want = learner.outcome(batch, 3, "loop")
+    got = learner.outcome(batch, 3, strategy)
+    for field in ("loss_before", "loss_after", "accuracy_before", "accuracy_after"):
+        if getattr(want, field) is not None:
+            torch.testing.assert_close(getattr(got, field), getattr(want, field), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("problem", list(PROBLEMS))
