@@ -1,0 +1,314 @@
+"""The objective of a study: one trial = one short meta-training run plus a held-out evaluation.
+
+Each trial samples its parameters (:mod:`maml_tune.search.space`), builds the run config
+(family defaults ← fixed settings ← budget ← sampled parameters), meta-trains, reports
+the meta-validation metric at every validation interval (single-objective studies, so
+pruners can stop it early), evaluates on ``eval_tasks`` held-out test tasks and records
+the user attributes listed in :data:`USER_ATTRS`.
+
+Objective values (see :data:`maml_tune.search.spec.METRICS`): regression studies default to
+``val_loss`` (post-adaptation meta-validation loss, minimised); classification studies
+default to ``val_accuracy`` (maximised). The reported intermediate value is the validation
+counterpart of the first objective metric (``val_loss`` for loss metrics, ``val_accuracy``
+for accuracy metrics); cost/time objectives report nothing.
+
+A diverging trial (non-finite loss or gradient, or a post-adaptation validation loss more
+than ``budget.divergence_factor`` times the pre-adaptation loss) ends PRUNED with its
+reason in the ``reason`` user attribute; an invalid sampled configuration or an error
+ends FAILED with the reason recorded. Neither stops the study.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from maml_tune import __version__
+from maml_tune.core.config import RunConfig
+from maml_tune.core.trainer import TrainerCallback
+from maml_tune.errors import ConfigError, DivergenceError, StudyError
+from maml_tune.search.space import suggest
+from maml_tune.search.spec import StudySpec
+
+USER_ATTRS = {
+    "config": "the full resolved RunConfig (dict, RunConfig.from_dict inverts it)",
+    "metrics": "val_/test_ loss, accuracy (classification) with _ci95 95% half-widths, "
+    "loss_before values, adaptation_cost, adaptation_time",
+    "val_history": "[{iteration, loss_after, loss_after_ci95, accuracy_after?, …}] at every validation",
+    "n_params": "meta-parameter count (network plus learned inner rates)",
+    "n_adapted_params": "parameters changed by the inner loop",
+    "wall_seconds": "trial wall time (training + validation + test evaluation)",
+    "train_seconds": "time spent in meta-training steps",
+    "tasks_per_sec": "meta-training throughput",
+    "iterations_done": "meta-iterations completed (less than the budget when pruned)",
+    "device": "torch device the trial ran on",
+    "version": "maml-tune version",
+    "worker": "index of the worker process on its host",
+    "checkpoint": "checkpoint directory (kept only while the trial is in the study's top-k)",
+    "baseline": "true for the enqueued literature configuration",
+    "reason": "why a trial was pruned or failed (divergence, pruner, invalid config, error)",
+}
+"""User attributes every trial records (``reason`` only when pruned or failed)."""
+
+Event = dict[str, Any]
+EventSink = Callable[[Event], None]
+
+
+class TrialFailed(StudyError):
+    """A trial cannot run (e.g. its sampled configuration is invalid); the study goes on."""
+
+
+def flat_config(config: RunConfig) -> dict[str, Any]:
+    """``RunConfig`` → ``{"arch.kind": "mlp", …, "eval_tasks": 600}`` (family options as ``family.*``)."""
+    data = config.to_dict()
+    out: dict[str, Any] = {}
+    for section in ("arch", "algo", "train"):
+        for name, value in data[section].items():
+            out[f"{section}.{name}"] = value
+    out["eval_tasks"], out["eval_seed"] = data["eval_tasks"], data["eval_seed"]
+    for name, value in data["family_options"].items():
+        out[f"family.{name}"] = value
+    return out
+
+
+def pruning_metric(spec: StudySpec) -> str | None:
+    """The validation metric reported for pruning, or ``None`` (multi-objective, cost objectives)."""
+    if spec.objective.multi:
+        return None
+    first = spec.objective.metrics[0]
+    if first.endswith("_loss"):
+        return "val_loss"
+    if first.endswith("_accuracy"):
+        return "val_accuracy"
+    return None
+
+
+def checkpoint_dir(root: str | Path, study_name: str, number: int) -> Path:
+    return Path(root) / _safe(study_name) / f"trial-{number}"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+class TrialObjective:
+    """Callable objective for ``study.optimize``; one instance per worker process."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        family: Any,
+        device: Any,
+        *,
+        study_name: str,
+        checkpoint_root: str | Path | None = "studies/checkpoints",
+        events: EventSink | None = None,
+        worker: int = 0,
+    ):
+        self.spec, self.family, self.device = spec, family, device
+        self.study_name, self.worker = study_name, worker
+        self.checkpoint_root = Path(checkpoint_root) if checkpoint_root is not None else None
+        self.events = events or (lambda event: None)
+        self.base_overrides = spec.base_overrides()
+        self.base = flat_config(family.run_config(self.base_overrides))
+        self.report_metric = pruning_metric(spec)
+
+    def __call__(self, trial: Any) -> float | tuple[float, ...]:
+        import optuna
+
+        started = time.perf_counter()
+        trial.set_user_attr("version", __version__)
+        trial.set_user_attr("device", str(self.device))
+        trial.set_user_attr("worker", self.worker)
+        params = suggest(trial, self.spec.space, self.base)
+        self.events({"kind": "trial_start", "worker": self.worker, "trial": trial.number, "params": params})
+        try:
+            config = self.family.run_config({**self.base_overrides, **params})
+        except ConfigError as exc:
+            reason = f"invalid configuration: {exc}"
+            trial.set_user_attr("reason", reason)
+            raise TrialFailed(reason) from None
+        trial.set_user_attr("config", config.to_dict())
+        callback = _TrialCallback(self, trial, config)
+        try:
+            return self._run(trial, config, callback, started)
+        except DivergenceError as exc:
+            reason = f"diverged: {exc}"
+            trial.set_user_attr("reason", reason)
+            raise optuna.TrialPruned(reason) from None
+        except optuna.TrialPruned as exc:
+            trial.set_user_attr("reason", str(exc))
+            raise
+        except (TrialFailed, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            trial.set_user_attr("reason", reason)
+            raise
+        finally:
+            trial.set_user_attr("wall_seconds", time.perf_counter() - started)
+            trial.set_user_attr("iterations_done", callback.iteration)
+            trial.set_user_attr("val_history", callback.history)
+
+    def _run(self, trial: Any, config: RunConfig, callback: _TrialCallback, started: float):
+        from maml_tune.core.checkpoint import save_checkpoint
+        from maml_tune.core.evaluation import evaluate
+        from maml_tune.core.trainer import MetaTrainer
+
+        result = MetaTrainer(config, self.family, self.device, [callback]).run()
+        learner = result.learner
+        n_params = sum(p.numel() for p in learner.parameters())
+        weights = dict(learner.net.named_parameters())
+        n_adapted = sum(weights[name].numel() for name in learner.adapted_names)
+        steps = config.algo.eval_inner_steps
+        eval_started = time.perf_counter()
+        test = evaluate(
+            learner,
+            self.family,
+            split="test",
+            tasks=config.eval_tasks,
+            steps=steps,
+            seed=config.eval_seed,
+            strategy=result.strategy,
+            device=self.device,
+        )
+        _synchronize(self.device)
+        adaptation_time = (time.perf_counter() - eval_started) / config.eval_tasks
+        if not math.isfinite(test.loss_after.mean):
+            raise DivergenceError(f"test loss became {test.loss_after.mean}", result.iterations)
+        metrics: dict[str, Any] = {}
+        if result.validations:
+            metrics.update(_prefixed("val", result.validations[-1][1].to_dict()))
+        metrics.update(_prefixed("test", test.to_dict()))
+        metrics["adaptation_cost"] = steps * n_adapted
+        metrics["adaptation_time"] = adaptation_time
+        trial.set_user_attr("metrics", metrics)
+        trial.set_user_attr("n_params", n_params)
+        trial.set_user_attr("n_adapted_params", n_adapted)
+        trial.set_user_attr("train_seconds", result.train_seconds)
+        trial.set_user_attr("tasks_per_sec", result.tasks_per_sec)
+        values = []
+        for metric in self.spec.objective.metrics:
+            if metric not in metrics:
+                raise TrialFailed(f"metric {metric!r} was not measured")
+            values.append(float(metrics[metric]))
+        if self.checkpoint_root is not None and self.spec.study.top_k_checkpoints > 0:
+            target = checkpoint_dir(self.checkpoint_root, self.study_name, trial.number)
+            save_checkpoint(
+                target,
+                learner,
+                config,
+                {
+                    "study": self.study_name,
+                    "trial": trial.number,
+                    "metrics": metrics,
+                    "wall_seconds": time.perf_counter() - started,
+                },
+            )
+            trial.set_user_attr("checkpoint", str(target.resolve()))
+        return values[0] if len(values) == 1 else tuple(values)
+
+
+def _prefixed(prefix: str, data: dict[str, Any]) -> dict[str, Any]:
+    """``{"loss_after": x, "loss_after_ci95": c, …}`` → ``{"val_loss": x, "val_loss_ci95": c, …}``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("split", "tasks", "steps"):
+            out[f"{prefix}_{key}"] = value
+            continue
+        name = key.replace("loss_after", "loss").replace("accuracy_after", "accuracy")
+        out[f"{prefix}_{name}"] = value
+    return out
+
+
+def _synchronize(device: Any) -> None:
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+class _TrialCallback(TrainerCallback):
+    """Reports validations to the trial (pruning), detects divergence, forwards progress events."""
+
+    def __init__(self, objective: TrialObjective, trial: Any, config: RunConfig):
+        self.objective, self.trial = objective, trial
+        self.factor = objective.spec.budget.divergence_factor
+        self.iteration = 0
+        self.history: list[dict[str, Any]] = []
+        self._last_event = 0.0
+        self._every = max(1, config.train.iterations // 100)
+
+    def on_iteration(self, report: Any) -> None:
+        self.iteration = report.iteration
+        now = time.monotonic()
+        if report.iteration == report.iterations or (
+            report.iteration % self._every == 0 and now - self._last_event > 0.25
+        ):
+            self._last_event = now
+            self.objective.events(
+                {
+                    "kind": "iteration",
+                    "worker": self.objective.worker,
+                    "trial": self.trial.number,
+                    "iteration": report.iteration,
+                    "iterations": report.iterations,
+                    "meta_loss": report.meta_loss,
+                }
+            )
+
+    def on_validation(self, iteration: int, result: Any) -> None:
+        import optuna
+
+        row = {"iteration": iteration, **{k: v for k, v in result.to_dict().items() if k not in ("split",)}}
+        self.history.append(row)
+        before, after = result.loss_before.mean, result.loss_after.mean
+        if after > self.factor * max(before, 1e-12):
+            raise DivergenceError(
+                f"validation loss after adaptation {after:.4g} is more than {self.factor:g}x the loss "
+                f"before adaptation {before:.4g} at iteration {iteration}",
+                iteration,
+            )
+        metric = self.objective.report_metric
+        if metric is None:
+            return
+        value = after if metric == "val_loss" else result.accuracy_after.mean
+        self.objective.events(
+            {
+                "kind": "validation",
+                "worker": self.objective.worker,
+                "trial": self.trial.number,
+                "iteration": iteration,
+                "value": value,
+            }
+        )
+        self.trial.report(value, iteration)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(
+                f"pruned at iteration {iteration} by the {self.objective.spec.study.pruner} pruner "
+                f"({metric} {value:.4g})"
+            )
+
+
+def baseline_params(spec: StudySpec, family: Any) -> dict[str, Any]:
+    """The family's literature configuration as parameter values of ``spec.space`` (conditions applied)."""
+    from maml_tune.search.space import active_params
+
+    literature = flat_config(family.run_config({**spec.base_overrides(), **family.literature_config()}))
+    if "algo.test_inner_steps" in spec.space and literature.get("algo.test_inner_steps") is None:
+        literature["algo.test_inner_steps"] = literature["algo.inner_steps"]
+    return active_params(spec.space, literature, literature)
+
+
+__all__ = [
+    "USER_ATTRS",
+    "TrialFailed",
+    "TrialObjective",
+    "baseline_params",
+    "checkpoint_dir",
+    "flat_config",
+    "pruning_metric",
+]

@@ -1,0 +1,210 @@
+"""The study database: Optuna's RDB storage (its own schema only), samplers and pruners.
+
+Any SQLAlchemy URL works; the default is an SQLite file under ``studies/`` relative to
+the working directory. ``postgresql://`` and ``mysql://`` URLs are given the drivers
+maml-tune installs (psycopg 3, PyMySQL). Heartbeats are on, so a trial whose worker dies
+is marked failed (and retried) instead of lingering as RUNNING. Every message shows the
+URL with its password masked (:func:`mask_url`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import warnings
+from pathlib import Path
+from typing import Any
+
+from maml_tune.errors import ConfigError, StorageError
+
+STORAGE_ENV = "MAML_TUNE_STORAGE"
+STUDY_ENV = "MAML_TUNE_STUDY"
+DEFAULT_STORAGE = "sqlite:///studies/maml-tune.db"
+SQLITE_TIMEOUT_S = 120
+HEARTBEAT_INTERVAL_S = int(os.environ.get("MAML_TUNE_HEARTBEAT_INTERVAL", "10"))
+GRACE_PERIOD_S = int(os.environ.get("MAML_TUNE_GRACE_PERIOD", "60"))
+MAX_RETRY = 2
+
+_URL_PASSWORD = re.compile(
+    r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/@:]*:)(?P<password>[^@/]*)(?P<tail>@.*)$"
+)
+
+
+def mask_url(url: str | None) -> str:
+    """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db`` (also in query strings)."""
+    if not url:
+        return str(url)
+    text = str(url)
+    match = _URL_PASSWORD.match(text)
+    if match and match.group("password"):
+        text = f"{match.group('head')}***{match.group('tail')}"
+    return re.sub(r"(?i)([?&](?:password|passwd|pwd)=)[^&]*", r"\1***", text)
+
+
+def storage_url(explicit: str | None = None) -> str:
+    """``explicit``, else ``$MAML_TUNE_STORAGE``, else the SQLite default (relative to the CWD)."""
+    return explicit or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def normalize_url(url: str) -> str:
+    """Pick the installed drivers for bare ``postgresql://`` / ``mysql://`` URLs."""
+    for bare, driver in (
+        ("postgresql://", "postgresql+psycopg://"),
+        ("postgres://", "postgresql+psycopg://"),
+        ("mysql://", "mysql+pymysql://"),
+        ("mariadb://", "mysql+pymysql://"),
+    ):
+        if url.startswith(bare):
+            return driver + url[len(bare) :]
+    return url
+
+
+def _sqlite_path(url: str) -> Path | None:
+    if not url.startswith("sqlite:///"):
+        return None
+    raw = url[len("sqlite:///") :].split("?", 1)[0]
+    if not raw or raw == ":memory:":
+        return None
+    return Path(raw)
+
+
+def _prepare_sqlite(path: Path, url: str) -> None:
+    """Create the folder and switch the file to WAL journaling (persistent; readers do not block)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+        finally:
+            connection.close()
+    except (OSError, sqlite3.Error) as exc:
+        raise StorageError(f"cannot open study database {mask_url(url)}: {exc}") from None
+
+
+def engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4, "pool_recycle": 1800}
+
+
+def open_storage(url: str | None = None, *, heartbeat: bool = True, create: bool = True):
+    """An Optuna ``RDBStorage`` for ``url`` (see :func:`storage_url`).
+
+    ``heartbeat``: record a heartbeat for running trials and fail (then retry, up to
+    ``MAX_RETRY`` times) trials whose worker stopped beating. ``create``: create the
+    tables when missing (read-only commands pass ``False`` for a clear "no such study
+    database" error). Raises :class:`StorageError` (with the password masked).
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    url = normalize_url(storage_url(url))
+    path = _sqlite_path(url)
+    if path is not None:
+        if not create and not path.exists():
+            raise StorageError(f"no study database at {mask_url(url)} (run maml-tune search first)")
+        _prepare_sqlite(path, url)
+    kwargs: dict[str, Any] = {"engine_kwargs": engine_kwargs(url)}
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if heartbeat:
+        kwargs.update(
+            heartbeat_interval=HEARTBEAT_INTERVAL_S,
+            grace_period=max(GRACE_PERIOD_S, 2 * HEARTBEAT_INTERVAL_S),
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=MAX_RETRY
+            ),
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, **kwargs)
+    except sqlalchemy.exc.ArgumentError as exc:
+        raise StorageError(f"invalid storage URL {mask_url(url)}: {_first_line(exc)}") from None
+    except ImportError:
+        raise StorageError(
+            f"no database driver for {mask_url(url)} (install maml-tune[postgres] or maml-tune[mysql])"
+        ) from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise StorageError(
+            f"cannot reach study database {mask_url(url)}: {_first_line(exc.orig or exc)}"
+        ) from None
+    except RuntimeError as exc:  # schema version mismatch and the like
+        raise StorageError(f"cannot use study database {mask_url(url)}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return mask_url(text.splitlines()[0]) if text else type(exc).__name__
+
+
+# ----------------------------------------------------------------------------- samplers, pruners
+
+
+def optuna_class(kind: str, name: str) -> type:
+    """The Optuna class behind sampler or pruner ``name`` (as spelled in specs)."""
+    import optuna
+
+    samplers = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "gp": optuna.samplers.GPSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "qmc": optuna.samplers.QMCSampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+    }
+    pruners = {
+        "median": optuna.pruners.MedianPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "sha": optuna.pruners.SuccessiveHalvingPruner,
+        "wilcoxon": optuna.pruners.WilcoxonPruner,
+        "none": optuna.pruners.NopPruner,
+    }
+    table = samplers if kind == "sampler" else pruners
+    if name not in table:
+        raise ConfigError(f"unknown {kind} {name!r} (expected one of: {', '.join(table)})")
+    return table[name]
+
+
+_SAMPLER_NEEDS = {"cmaes": ("cmaes", "cmaes"), "qmc": ("scipy", "scipy")}
+
+
+def make_sampler(name: str, seed: int | None, options: dict[str, Any] | None = None, worker: int = 0):
+    """A sampler instance; each worker gets its own seed (``seed + worker``) ."""
+    import importlib.util
+
+    import optuna
+
+    if name in _SAMPLER_NEEDS:
+        module, package = _SAMPLER_NEEDS[name]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"sampler {name!r} needs the {package} package: pip install {package}")
+    cls = optuna_class("sampler", name)
+    kwargs = dict(options or {})
+    if seed is not None:
+        kwargs["seed"] = seed + worker
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"sampler {name!r}: invalid options: {exc}") from None
+
+
+def make_pruner(name: str, options: dict[str, Any] | None, iterations: int, val_interval: int):
+    """A pruner instance; Hyperband/SHA resources are in meta-iterations unless the spec says otherwise."""
+    cls = optuna_class("pruner", name)
+    kwargs = dict(options or {})
+    if name == "hyperband":
+        kwargs.setdefault("min_resource", val_interval)
+        kwargs.setdefault("max_resource", max(iterations, val_interval))
+    elif name == "sha":
+        kwargs.setdefault("min_resource", val_interval)
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"pruner {name!r}: invalid options: {exc}") from None
