@@ -6,6 +6,7 @@ import os
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from maml_tune import __version__
@@ -24,7 +25,7 @@ class _Group(TyperGroup):
             if (ctx.obj or {}).get("debug"):
                 raise
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+            err.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
             raise typer.Exit(exc.exit_code) from None
 
 
@@ -67,9 +68,13 @@ def root(
 
 
 def _register() -> None:
-    from maml_tune.cli import train
+    from maml_tune.cli import plugins, predict, search, studies, train
 
     train.register(app)
+    plugins.register(app)
+    predict.register(app)
+    search.register(app)
+    studies.register(app)
 
 
 _register()

@@ -91,6 +91,9 @@ def train(
     device: DeviceOption = "auto",
     seed: Annotated[int | None, typer.Option("--seed", help="Seed (weights, tasks).")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Checkpoint directory (default runs/FAMILY-TIME).")] = None,
+    from_study: Annotated[str | None, typer.Option("--from-study", help="Retrain a trial's configuration from this study.")] = None,
+    trial: Annotated[str, typer.Option("--trial", help="With --from-study: a trial number or best.")] = "best",
+    storage: Annotated[str | None, typer.Option("--storage", envvar="MAML_TUNE_STORAGE", help="Study database (with --from-study).")] = None,
 ) -> None:
     """Meta-train one configuration and write its checkpoint directory."""
     from maml_tune.core.checkpoint import save_checkpoint
@@ -100,6 +103,12 @@ def train(
 
     overrides: dict = {}
     family_name = family
+    if from_study is not None:
+        from maml_tune.search.results import trial_overrides
+
+        family_name, study_options, study_overrides = trial_overrides(storage, from_study, trial)
+        overrides.update({f"family.{k}": v for k, v in study_options.items()})
+        overrides.update(study_overrides)
     if spec is not None:
         from maml_tune.search.spec import load_spec
 

@@ -5,29 +5,34 @@
 2. Installed packages declaring that entry-point group.
 3. ``*.py`` files in a local plugins folder (``./plugins`` by default), each imported
    under its own module name ``maml_tune_plugins.<stem>``; the file ``NAME.py`` must
-   define a :class:`TaskFamily` subclass whose ``name`` is ``NAME``.
+   define a :class:`TaskFamily` subclass whose ``name`` is ``NAME``. Files starting with
+   ``_`` are skipped (use them for helpers). The folder is never put on ``sys.path``.
 
-Discovery (:meth:`Registry.discover`) only lists what exists; loading imports each
-plugin on its own and records any failure as an error naming the plugin, its source and
-the cause, so one broken plugin never takes the others (or the CLI) down.
-``MAML_TUNE_LOAD_PLUGINS`` (comma-separated names; empty means none) limits what is
-loaded from sources 2 and 3.
+Discovery (:meth:`Registry.discover`) only lists what exists, importing nothing; loading
+imports each plugin on its own and records any failure (import error, missing contract
+method, wrong types) as an error naming the plugin, its source and the cause, so one
+broken plugin never takes the others (or the CLI) down. Two plugins with the same name
+are both marked as errors naming both sources. ``MAML_TUNE_LOAD_PLUGINS``
+(comma-separated names; empty means none) limits what is loaded from sources 2 and 3.
 """
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import importlib.util
 import inspect
 import os
+import re
 import sys
+import typing
 from dataclasses import dataclass, is_dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from maml_tune.core.config import coerce_value
 from maml_tune.core.tasks import KINDS
-from maml_tune.errors import FamilyError, PluginError
+from maml_tune.errors import FamilyError, MamlTuneError, PluginError
 from maml_tune.families._contract import TaskFamily
 
 ENTRY_POINT_GROUP = "maml_tune.task_families"
@@ -36,15 +41,34 @@ LOCAL_MODULE_PREFIX = "maml_tune_plugins"
 PLUGINS_DIR_ENV = "MAML_TUNE_PLUGINS_DIR"
 LOAD_PLUGINS_ENV = "MAML_TUNE_LOAD_PLUGINS"
 DEFAULT_PLUGINS_DIR = "plugins"
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def _normalise(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
 
 
 @dataclass(frozen=True)
 class PluginSource:
-    """Where a plugin comes from: ``builtin``, ``package`` (with distribution and version) or ``local``."""
+    """Where a plugin comes from.
+
+    ``kind`` is ``builtin``, ``package`` or ``local``; ``distribution`` and ``version`` name
+    the installed distribution (sources 1 and 2); ``path`` is the file of a local plugin;
+    ``target`` is the entry point's ``module:attr`` (or the file path).
+    """
 
     kind: str
-    origin: str
     target: str
+    distribution: str | None = None
+    version: str | None = None
+    path: str | None = None
+
+    @property
+    def origin(self) -> str:
+        """``maml-tune 0.1.0``, ``my-families 1.2`` or the local file path."""
+        if self.kind == "local":
+            return self.path or self.target
+        return f"{self.distribution} {self.version}"
 
     def __str__(self) -> str:
         if self.kind == "builtin":
@@ -62,11 +86,48 @@ class Plugin:
     source: PluginSource
     family: type[TaskFamily] | None = None
     error: str | None = None
-    _loader: Any = None
+    loaded: bool = False
+    _loader: Any = dataclasses.field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.family is not None and self.error is None
+
+    @property
+    def status(self) -> str:
+        """``ok``, the one-line error, or ``not loaded``."""
+        if self.error is not None:
+            return self.error
+        return "ok" if self.ok else "not loaded"
+
+    @property
+    def kind(self) -> str | None:
+        """The family's kind (``regression`` / ``classification``) once loaded."""
+        return self.family.kind if self.family is not None else None
+
+    @property
+    def description(self) -> str | None:
+        return self.family.description if self.family is not None else None
+
+    def describe_error(self) -> str:
+        return f"task family {self.name!r} ({self.source}) is broken: {self.error}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON form, as ``maml-tune plugins list --json`` prints it."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "source": str(self.source),
+            "source_kind": self.source.kind,
+            "origin": self.source.origin,
+            "distribution": self.source.distribution,
+            "version": self.source.version,
+            "path": self.source.path,
+            "target": self.source.target,
+            "status": "ok" if self.ok else "error",
+            "error": self.error,
+            "description": self.description,
+        }
 
 
 def plugins_dir_from_env(explicit: str | os.PathLike | None = None) -> Path:
@@ -83,7 +144,12 @@ def allowed_from_env() -> set[str] | None:
 
 
 class Registry:
-    """Discovers and loads task families. Create one per command; it caches what it loaded."""
+    """Discovers and loads task families. Create one per command; it caches what it loaded.
+
+    ``plugins_dir`` defaults to ``$MAML_TUNE_PLUGINS_DIR`` or ``./plugins``; ``allowed``
+    (names loaded from packages and local files) defaults to ``$MAML_TUNE_LOAD_PLUGINS``.
+    With ``use_env=False`` the environment is ignored.
+    """
 
     def __init__(
         self, plugins_dir: str | os.PathLike | None = None, allowed: set[str] | None = None,
@@ -93,25 +159,41 @@ class Registry:
             plugins_dir or DEFAULT_PLUGINS_DIR
         )
         self.allowed = allowed_from_env() if (allowed is None and use_env) else allowed
-        self._plugins: list[Plugin] | None = None
+        self._discovered: list[Plugin] | None = None
 
     def discover(self) -> list[Plugin]:
-        """Every plugin that exists, without importing any; duplicates are marked as errors."""
+        """Every plugin that exists, without importing any; duplicates are marked as errors.
+
+        Built-ins come first, then packages, then local files (sorted by file name).
+        """
+        if self._discovered is None:
+            self._discovered = self._scan()
+        return self._discovered
+
+    def _scan(self) -> list[Plugin]:
         found: list[Plugin] = []
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            eps = list(entry_points(group=ENTRY_POINT_GROUP))
+        except Exception as exc:  # broken metadata of some installed distribution
+            eps = []
+            found.append(Plugin("<entry points>", PluginSource("package", ENTRY_POINT_GROUP, "?", "?"),
+                                error=f"cannot read installed entry points: {type(exc).__name__}: {exc}"))
+        packages: list[Plugin] = []
+        for ep in eps:
             dist = ep.dist
-            dist_name = dist.metadata["Name"] if dist is not None else "unknown"
-            if dist is not None and dist_name == BUILTIN_DISTRIBUTION:
-                source = PluginSource("builtin", BUILTIN_DISTRIBUTION, ep.value)
-            else:
-                version = dist.version if dist is not None else "?"
-                source = PluginSource("package", f"{dist_name} {version}", ep.value)
-            found.append(Plugin(ep.name, source, _loader=ep.load))
+            dist_name = dist.metadata["Name"] if dist is not None else None
+            version = dist.version if dist is not None else None
+            builtin = dist_name is not None and _normalise(dist_name) == BUILTIN_DISTRIBUTION
+            source = PluginSource(
+                "builtin" if builtin else "package", ep.value, dist_name or "unknown", version or "?"
+            )
+            (found if builtin else packages).append(Plugin(ep.name, source, _loader=ep.load))
+        found.extend(sorted(packages, key=lambda p: (p.name, p.source.distribution or "")))
         if self.plugins_dir.is_dir():
             for path in sorted(self.plugins_dir.glob("*.py")):
-                if path.name.startswith("_"):
+                if path.name.startswith(("_", ".")) or not path.is_file():
                     continue
-                source = PluginSource("local", str(path), str(path))
+                source = PluginSource("local", str(path), path=str(path))
                 found.append(Plugin(path.stem, source, _loader=_file_loader(path)))
         if self.allowed is not None:
             found = [p for p in found if p.source.kind == "builtin" or p.name in self.allowed]
@@ -127,38 +209,63 @@ class Registry:
 
     def plugins(self) -> list[Plugin]:
         """All plugins, each loaded on its own (failures recorded in ``Plugin.error``)."""
-        if self._plugins is None:
-            self._plugins = self.discover()
-            for plugin in self._plugins:
-                if plugin.error is None:
-                    _load(plugin)
-        return self._plugins
+        plugins = self.discover()
+        for plugin in plugins:
+            _load(plugin)
+        return plugins
 
     def names(self) -> list[str]:
+        """Names of the families that load without error."""
         return sorted({p.name for p in self.plugins() if p.ok})
+
+    def plugin(self, name: str) -> Plugin:
+        """The loaded plugin ``name`` (perhaps broken); unknown names raise :class:`FamilyError`.
+
+        Only this plugin is imported, so a broken one elsewhere cannot get in the way.
+        """
+        candidates = [p for p in self.discover() if p.name == name]
+        if not candidates:
+            known = ", ".join(sorted({p.name for p in self.discover()})) or "none"
+            hint = ""
+            if self.allowed is not None:
+                hint = f"; ${LOAD_PLUGINS_ENV} limits plugins to: {', '.join(sorted(self.allowed)) or 'none'}"
+            raise FamilyError(f"unknown task family {name!r} (available: {known}){hint}")
+        plugin = candidates[0]
+        _load(plugin)
+        return plugin
 
     def get(self, name: str) -> type[TaskFamily]:
         """The family class ``name``; an unknown or broken family raises :class:`FamilyError`."""
-        candidates = [p for p in self.discover() if p.name == name]
-        if not candidates:
-            known = ", ".join(self.names()) or "none"
-            raise FamilyError(f"unknown task family {name!r} (available: {known})")
-        plugin = candidates[0]
-        if plugin.error is None:
-            _load(plugin)
+        plugin = self.plugin(name)
         if not plugin.ok:
-            raise PluginError(f"task family {name!r} ({plugin.source}) is broken: {plugin.error}")
+            raise PluginError(plugin.describe_error())
         return plugin.family
 
     def create(self, name: str, options: dict[str, Any] | None = None) -> TaskFamily:
-        """An instance of family ``name`` with validated ``options``."""
-        return self.get(name)(options or {})
+        """An instance of family ``name`` with validated ``options``.
+
+        Invalid options raise :class:`~maml_tune.errors.ConfigError`; any other exception
+        from the plugin's constructor becomes a :class:`PluginError` naming it.
+        """
+        family = self.get(name)
+        try:
+            return family(options or {})
+        except MamlTuneError:
+            raise
+        except Exception as exc:
+            plugin = self.plugin(name)
+            raise PluginError(
+                f"task family {name!r} ({plugin.source}) failed to initialise: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
 
 def _file_loader(path: Path):
     def load() -> Any:
         module_name = f"{LOCAL_MODULE_PREFIX}.{path.stem}"
         spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise PluginError(f"cannot import {path}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         try:
@@ -182,12 +289,22 @@ def _file_loader(path: Path):
     return load
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def _load(plugin: Plugin) -> None:
+    """Import ``plugin`` once and check its class; never lets a plugin's exception escape."""
+    if plugin.loaded or plugin.error is not None:
+        return
+    plugin.loaded = True
     try:
         family = plugin._loader()
         problem = contract_problem(family)
-    except Exception as exc:  # a plugin may raise anything on import; record it, never crash
-        problem = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    except (Exception, SystemExit) as exc:  # a plugin may raise anything on import
+        problem = _one_line(exc) if not isinstance(exc, PluginError) else str(exc)
         family = None
     if problem is None and family.name != plugin.name:
         problem = f"entry point {plugin.name!r} loads a family named {family.name!r}"
@@ -198,7 +315,12 @@ def _load(plugin: Plugin) -> None:
 
 
 def contract_problem(family: Any) -> str | None:
-    """Why ``family`` does not satisfy the :class:`TaskFamily` contract, or ``None``."""
+    """Why ``family`` does not satisfy the :class:`TaskFamily` contract, or ``None``.
+
+    Checks what can be checked without instantiating: the base class, the abstract
+    methods, the class attributes, and that ``Options`` is a frozen dataclass whose every
+    field has a type maml-tune can parse and a default of that type.
+    """
     if not (inspect.isclass(family) and issubclass(family, TaskFamily)):
         return f"{family!r} is not a TaskFamily subclass"
     if inspect.isabstract(family):
@@ -206,11 +328,25 @@ def contract_problem(family: Any) -> str | None:
         return f"missing contract method(s): {missing}"
     for attr in ("name", "description", "kind"):
         if not isinstance(getattr(family, attr, None), str):
-            return f"class attribute {attr!r} must be a string"
+            return f"class attribute {attr!r} must be a string, got {getattr(family, attr, None)!r}"
+    if not NAME_PATTERN.match(family.name):
+        return f"name must be lower-case letters, digits, '_' or '-', got {family.name!r}"
     if family.kind not in KINDS:
         return f"kind must be one of {', '.join(KINDS)}, got {family.kind!r}"
-    if not (is_dataclass(family.Options) and family.Options.__dataclass_params__.frozen):
+    options = family.Options
+    if not (inspect.isclass(options) and is_dataclass(options) and options.__dataclass_params__.frozen):
         return "Options must be a frozen dataclass"
+    try:
+        hints = typing.get_type_hints(options)
+    except Exception as exc:
+        return f"Options: cannot resolve the option types ({_one_line(exc)})"
+    for field in dataclasses.fields(options):
+        if field.default is dataclasses.MISSING:
+            return f"option {field.name!r} has no default (declare it with option(default, help))"
+        try:
+            coerce_value(field.default, hints[field.name], f"option {field.name!r}")
+        except MamlTuneError as exc:
+            return f"default of {exc}"
     return None
 
 

@@ -1,0 +1,239 @@
+"""``maml-tune search``: run (or resume) an Optuna study over MAML hyperparameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from maml_tune.cli._common import (
+    DeviceOption,
+    JsonOption,
+    SetOption,
+    err,
+    fmt,
+    out,
+    parse_sets,
+    print_json,
+    registry,
+)
+
+StorageOption = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        envvar="MAML_TUNE_STORAGE",
+        help="Study database: any SQLAlchemy URL (postgresql://…, mysql://…). Default: sqlite:///studies/maml-tune.db",
+    ),
+]
+StudyNameOption = Annotated[
+    str | None,
+    typer.Option("--study-name", envvar="MAML_TUNE_STUDY", help="Study name (default: the spec's)."),
+]
+
+
+class _Display:
+    """Turns the runner's events into a rich progress display on stderr."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.overall: TaskID | None = None
+        self.workers: dict[int, TaskID] = {}
+        self.multi = False
+        self.finished: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event["kind"]
+        p = self.progress
+        if kind == "study":
+            self.multi = len(event["directions"]) > 1
+            verb = "created" if event["created"] else f"resumed ({event['existing']} trials so far)"
+            err.print(
+                f"study [bold]{event['study']}[/bold] in {event['storage']}: {verb}; "
+                f"target {event['n_trials']} trials, {event['workers']} worker(s)",
+                markup=True,
+            )
+            if event.get("baseline"):
+                err.print("baseline (literature configuration) enqueued as the next trial")
+            self.overall = p.add_task(
+                "trials", total=event["n_trials"], completed=event["existing"], info="", best="-"
+            )
+        elif kind == "status" and self.overall is not None:
+            c = event["counts"]
+            done = c["complete"] + c["pruned"] + c["fail"]
+            best = "-"
+            if event.get("best_values"):
+                best = ", ".join(fmt(v) for v in event["best_values"]) + f" (#{event['best_trial']})"
+            elif event.get("pareto_size"):
+                best = f"Pareto set of {event['pareto_size']}"
+            p.update(
+                self.overall,
+                completed=min(done, p.tasks[self.overall].total or done),
+                info=f"done {c['complete']}  pruned {c['pruned']}  "
+                f"failed {c['fail']}  running {c['running']}",
+                best=best,
+            )
+        elif kind == "trial_start":
+            task = self._worker(event["worker"])
+            label = f"worker {event['worker']}: trial {event['trial']}"
+            p.update(task, description=label, completed=0, total=None, info="", best="")
+        elif kind == "iteration":
+            task = self._worker(event["worker"])
+            p.update(
+                task,
+                completed=event["iteration"],
+                total=event["iterations"],
+                info=f"meta-loss {event['meta_loss']:.4g}",
+            )
+        elif kind == "validation":
+            task = self._worker(event["worker"])
+            p.update(task, best=f"val {event['value']:.4g}")
+        elif kind == "trial_end":
+            self.finished.append(event)
+            if event["state"] != "COMPLETE" and event.get("reason"):
+                p.console.print(
+                    f"trial {event['trial']} {event['state'].lower()}: {event['reason']}",
+                    markup=False,
+                    highlight=False,
+                )
+        elif kind == "worker_error":
+            p.console.print(f"[red]worker {event['worker']} stopped:[/red] {event['message']}")
+
+    def _worker(self, worker: int) -> TaskID:
+        if worker not in self.workers:
+            self.workers[worker] = self.progress.add_task(f"worker {worker}", total=None, info="", best="")
+        return self.workers[worker]
+
+
+def _make_progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TextColumn("best {task.fields[best]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+def load_search_spec(ctx: typer.Context, spec: Path | None, overrides: dict[str, Any]):
+    """The spec to run: ``spec``, else the packaged default for the family, else the family's defaults."""
+    from maml_tune.search.spec import apply_overrides, default_spec_path, load_spec, parse_spec
+
+    if spec is not None:
+        return load_spec(spec, registry(ctx), overrides)
+    family = overrides.get("family") or "sinusoid"
+    default = default_spec_path(family)
+    if default is not None:
+        loaded = load_spec(default, registry(ctx), {k: v for k, v in overrides.items() if k != "family"})
+        return loaded
+    data = apply_overrides({"family": {"name": family}, "study": {"name": family}}, overrides)
+    return parse_spec(data, f"<defaults of family {family!r}>", registry(ctx))
+
+
+def search(
+    ctx: typer.Context,
+    spec: Annotated[
+        Path | None, typer.Argument(help="Study spec (TOML). Default: the built-in sinusoid study.")
+    ] = None,
+    family: Annotated[str | None, typer.Option("--family", help="Task family (replaces the spec's).")] = None,
+    n_trials: Annotated[
+        int | None, typer.Option("--n-trials", min=1, help="Total trials the study should have.")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=0, help="Stop starting trials after S seconds.")
+    ] = None,
+    storage: StorageOption = None,
+    study_name: StudyNameOption = None,
+    sampler: Annotated[
+        str | None, typer.Option("--sampler", help="tpe, random, gp, cmaes, qmc or nsga2.")
+    ] = None,
+    pruner: Annotated[
+        str | None, typer.Option("--pruner", help="median, hyperband, sha, wilcoxon or none.")
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes on this machine.")] = 1,
+    device: DeviceOption = "auto",
+    seed: Annotated[int | None, typer.Option("--seed", help="Sampler seed (worker i uses seed + i).")] = None,
+    sets: SetOption = None,
+    baseline: Annotated[
+        bool | None,
+        typer.Option("--baseline/--no-baseline", help="Enqueue the family's literature configuration first."),
+    ] = None,
+    checkpoints: Annotated[
+        Path, typer.Option("--checkpoints", help="Folder for the top-k trials' checkpoints.")
+    ] = Path("studies/checkpoints"),
+    as_json: JsonOption = False,
+) -> None:
+    """Search MAML hyperparameters with Optuna; re-running resumes the study up to --n-trials."""
+    from maml_tune.search.runner import SearchOptions, run_search
+
+    overrides: dict[str, Any] = {
+        "family": family,
+        "n_trials": n_trials,
+        "timeout": timeout,
+        "sampler": sampler,
+        "pruner": pruner,
+        "seed": seed,
+        "baseline": baseline,
+        "sets": parse_sets(sets),
+    }
+    loaded = load_search_spec(ctx, spec, overrides)
+    options = SearchOptions(
+        storage=storage,
+        study_name=study_name,
+        workers=workers,
+        device=device,
+        checkpoint_root=str(checkpoints),
+        plugins_dir=(ctx.find_root().obj or {}).get("plugins_dir"),
+    )
+    with _make_progress() as progress:
+        display = _Display(progress)
+        result = run_search(loaded, options, display)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    _print_result(result)
+
+
+def _print_result(result) -> None:
+    s = result.summary
+    c = s["counts"]
+    table = Table(title=f"study {result.study}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    table.add_row("storage", result.storage)
+    table.add_row(
+        "trials",
+        f"{c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed "
+        f"({result.added} added this run, target {result.n_trials})",
+    )
+    metrics = ", ".join(s.get("metrics") or [])
+    if s.get("best_values"):
+        table.add_row(
+            f"best {metrics}", f"{', '.join(fmt(v) for v in s['best_values'])} (trial {s['best_trial']})"
+        )
+        if s.get("baseline_values"):
+            base = s["baseline_values"][0]
+            best = s["best_values"][0]
+            change = (best - base) / abs(base) * 100 if isinstance(base, float) and base else None
+            text = fmt(base) + (f"  (best is {change:+.1f}%)" if change is not None else "")
+            table.add_row("baseline", f"{text} (trial {s['baseline_trial']})")
+    elif s.get("pareto_size"):
+        table.add_row("Pareto set", f"{s['pareto_size']} trial(s) over {metrics}")
+    table.add_row("wall time", f"{result.wall_seconds:.1f} s")
+    out.print(table)
+    for message in result.worker_errors:
+        err.print(f"[yellow]warning:[/yellow] {message}")
+    out.print(
+        f"see: maml-tune best {result.study}   |   retrain: maml-tune train --from-study {result.study} "
+        f"--iterations 10000"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search)
