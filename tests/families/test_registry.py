@@ -233,7 +233,7 @@ def test_unknown_family_and_invalid_options_are_reported(tmp_path):
     write(tmp_path, "lines", good_plugin("lines"))
     registry = Registry(tmp_path)
     with pytest.raises(
-        FamilyError, match=r"unknown task family 'nope' \(available: lines, sinusoid\)"
+        FamilyError, match=r"unknown task family 'nope' \(available: lines, omniglot, sinusoid\)"
     ):
         registry.get("nope")
     with pytest.raises(
