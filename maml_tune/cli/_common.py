@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -38,6 +40,29 @@ def parse_sets(items: list[str] | None) -> dict[str, str]:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         parsed[key.strip()] = value.strip()
     return parsed
+
+
+@contextmanager
+def live_progress(progress: Any) -> Iterator[Any]:
+    """Show a rich ``progress`` display; when the command fails it is cleared (not printed),
+    so the one-line error stands alone on stderr."""
+    with progress:
+        try:
+            yield progress
+        except BaseException:
+            progress.live.transient = True
+            raise
+
+
+def at_least(minimum: float, what: str = "an integer"):
+    """Option callback: refuse values below ``minimum``, naming the value (a usage error, exit 2)."""
+
+    def check(value: Any) -> Any:
+        if value is not None and value < minimum:
+            raise typer.BadParameter(f"expected {what} >= {minimum:g}, got {value:g}")
+        return value
+
+    return check
 
 
 def family_options(sets: dict[str, Any]) -> dict[str, Any]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Annotated
 
 import typer
 from rich.markup import escape
+from typer._click.exceptions import NoArgsIsHelpError
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from maml_tune import __version__
 from maml_tune.cli._common import err
@@ -27,6 +30,28 @@ class _Group(TyperGroup):
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             err.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
             raise typer.Exit(exc.exit_code) from None
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Like Typer's, but a usage error (bad option value, unknown option, …) is one line
+        ``error: …`` on stderr with exit code 2, instead of a multi-line box."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError:  # bare ``maml-tune`` / ``maml-tune studies``: show the help
+            return super().main(args, prog_name, complete_var, standalone_mode=True, **extra)
+        except TyperException as exc:
+            lines = [line.strip() for line in exc.format_message().splitlines() if line.strip()]
+            message = " ".join(lines) or type(exc).__name__
+            context = getattr(exc, "ctx", None)
+            if context is not None:
+                message += f" (see: {context.command_path} --help)"
+            err.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            err.print("[red]error:[/red] aborted", markup=True, highlight=False)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
 
 
 app = typer.Typer(
@@ -68,13 +93,14 @@ def root(
 
 
 def _register() -> None:
-    from maml_tune.cli import plugins, predict, search, studies, train
+    from maml_tune.cli import dashboard, plugins, predict, search, studies, train
 
     train.register(app)
     plugins.register(app)
     predict.register(app)
     search.register(app)
     studies.register(app)
+    dashboard.register(app)
 
 
 _register()

@@ -13,8 +13,10 @@ from maml_tune.cli._common import (
     DeviceOption,
     JsonOption,
     SetOption,
+    at_least,
     err,
     fmt,
+    live_progress,
     out,
     parse_sets,
     print_json,
@@ -33,6 +35,15 @@ StudyNameOption = Annotated[
     str | None,
     typer.Option("--study-name", envvar="MAML_TUNE_STUDY", help="Study name (default: the spec's)."),
 ]
+
+
+INTERRUPTED = (
+    "stopped by the user (SIGINT); running trials were marked failed and re-queued: "
+    "run the same command again to resume the study"
+)
+INTERRUPTED_AGAIN = (
+    "interrupted: stopped at once (second SIGINT); the next search recovers the trial(s) left running"
+)
 
 
 class _Display:
@@ -56,6 +67,9 @@ class _Display:
                 f"target {event['n_trials']} trials, {event['workers']} worker(s)",
                 markup=True,
             )
+            if event.get("recovered"):
+                numbers = ", ".join(str(n) for n in event["recovered"])
+                err.print(f"re-queued trial(s) {numbers}: interrupted, or their workers are gone")
             if event.get("baseline"):
                 err.print("baseline (literature configuration) enqueued as the next trial")
             self.overall = p.add_task(
@@ -99,6 +113,12 @@ class _Display:
                     markup=False,
                     highlight=False,
                 )
+        elif kind == "storage_error":
+            p.console.print(
+                f"worker {event['worker']}: study database error, retrying: {event['message']}",
+                markup=False,
+                highlight=False,
+            )
         elif kind == "worker_error":
             p.console.print(f"[red]worker {event['worker']} stopped:[/red] {event['message']}")
 
@@ -143,10 +163,14 @@ def search(
     ] = None,
     family: Annotated[str | None, typer.Option("--family", help="Task family (replaces the spec's).")] = None,
     n_trials: Annotated[
-        int | None, typer.Option("--n-trials", min=1, help="Total trials the study should have.")
+        int | None,
+        typer.Option("--n-trials", callback=at_least(1), help="Total trials the study should have."),
     ] = None,
     timeout: Annotated[
-        float | None, typer.Option("--timeout", min=0, help="Stop starting trials after S seconds.")
+        float | None,
+        typer.Option(
+            "--timeout", callback=at_least(0, "a number"), help="Stop starting trials after S seconds."
+        ),
     ] = None,
     storage: StorageOption = None,
     study_name: StudyNameOption = None,
@@ -156,7 +180,9 @@ def search(
     pruner: Annotated[
         str | None, typer.Option("--pruner", help="median, hyperband, sha, wilcoxon or none.")
     ] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes on this machine.")] = 1,
+    workers: Annotated[
+        int, typer.Option("--workers", callback=at_least(1), help="Worker processes on this machine.")
+    ] = 1,
     device: DeviceOption = "auto",
     seed: Annotated[int | None, typer.Option("--seed", help="Sampler seed (worker i uses seed + i).")] = None,
     sets: SetOption = None,
@@ -170,6 +196,7 @@ def search(
     as_json: JsonOption = False,
 ) -> None:
     """Search MAML hyperparameters with Optuna; re-running resumes the study up to --n-trials."""
+    from maml_tune.search import interrupt
     from maml_tune.search.runner import SearchOptions, run_search
 
     overrides: dict[str, Any] = {
@@ -191,9 +218,16 @@ def search(
         checkpoint_root=str(checkpoints),
         plugins_dir=(ctx.find_root().obj or {}).get("plugins_dir"),
     )
-    with _make_progress() as progress:
-        display = _Display(progress)
-        result = run_search(loaded, options, display)
+    try:
+        with (
+            interrupt.handling(hard_exit=True, message=INTERRUPTED_AGAIN),
+            live_progress(_make_progress()) as progress,
+        ):
+            display = _Display(progress)
+            result = run_search(loaded, options, display)
+    except KeyboardInterrupt:
+        err.print(f"[red]interrupted:[/red] {INTERRUPTED}", markup=True, highlight=False)
+        raise typer.Exit(interrupt.EXIT_CODE) from None
     if as_json:
         print_json(result.to_dict())
         return

@@ -12,7 +12,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from maml_tune.cli._common import (
-    DeviceOption, JsonOption, SetOption, err, family_options, fmt, out, parse_sets, print_json,
+    DeviceOption,
+    JsonOption,
+    SetOption,
+    err,
+    family_options,
+    fmt,
+    live_progress,
+    out,
+    parse_sets,
+    print_json,
     registry,
 )
 
@@ -125,7 +134,7 @@ def train(
     task_family = registry(ctx).create(family_name or "sinusoid", family_options(overrides))
     config = task_family.run_config({k: v for k, v in overrides.items() if not k.startswith("family.")})
     target = out_dir or Path("runs") / f"{task_family.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    with _make_progress() as progress:
+    with live_progress(_make_progress()) as progress:
         task_family.prepare(_family_prepare_progress(progress))
         trainer = MetaTrainer(config, task_family, torch_device, [_progress_callback(progress)])
         started = time.perf_counter()
@@ -192,7 +201,9 @@ def bench(
     meta_batch: Annotated[int | None, typer.Option("--meta-batch", min=1)] = None,
     inner_steps: Annotated[int | None, typer.Option("--inner-steps", min=1)] = None,
     first_order: Annotated[bool, typer.Option("--first-order", help="First-order MAML.")] = False,
-    strategy: Annotated[str, typer.Option("--strategy", help="auto, vmap, loop or batched.")] = "auto",
+    strategy: Annotated[str | None, typer.Option("--strategy", help="auto, vmap, loop or batched (default: the config's, auto).")] = None,
+    task_chunk: Annotated[int | None, typer.Option("--task-chunk", min=0, help="Tasks back-propagated at once by vmap/batched (0: all).")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="fp32, bf16 or fp16 (autocast forward passes).")] = None,
     device: DeviceOption = "auto",
     seconds: Annotated[float, typer.Option("--seconds", min=0.1, help="Timed seconds after warm-up.")] = 5.0,
     as_json: JsonOption = False,
@@ -200,7 +211,7 @@ def bench(
     """Measure meta-training throughput (median tasks/s over timed windows) and peak memory."""
     from maml_tune.core.bench import measure_throughput
     from maml_tune.core.device import resolve_device
-    from maml_tune.core.learner import resolve_strategy
+    from maml_tune.core.learner import explain_strategy
 
     overrides = parse_sets(sets)
     if meta_batch is not None:
@@ -209,28 +220,46 @@ def bench(
         overrides["algo.inner_steps"] = inner_steps
     if first_order:
         overrides["algo.first_order"] = True
-    overrides["train.strategy"] = strategy
+    if strategy is not None:
+        overrides["train.strategy"] = strategy
+    if task_chunk is not None:
+        overrides["train.task_chunk"] = task_chunk
+    if precision is not None:
+        overrides["train.precision"] = precision
     torch_device = resolve_device(device)
     task_family = registry(ctx).create(family, family_options(overrides))
     config = task_family.run_config({k: v for k, v in overrides.items() if not k.startswith("family.")})
     task_family.prepare()
-    chosen = resolve_strategy(config.train.strategy, config.arch, torch_device)
+    chosen, reason = explain_strategy(config.train.strategy, config.arch, torch_device, config.algo)
     result = measure_throughput(config, task_family, torch_device, seconds, chosen)
+    requested = config.train.strategy
     if as_json:
-        print_json({"family": family, "requested_strategy": strategy, **result.to_dict()})
+        print_json({
+            "family": family, "requested_strategy": requested, "strategy_reason": reason,
+            **result.to_dict(),
+        })
         return
     table = Table(title=f"maml-tune bench: {family}")
-    for column in ("strategy", "device", "meta-batch", "inner steps", "order", "tasks/s", "peak RSS MiB"):
-        table.add_column(column, justify="right")
-    table.add_row(
-        f"{result.strategy}{' (auto)' if strategy == 'auto' else ''}", result.device,
-        str(result.meta_batch), str(result.inner_steps),
-        "first" if result.first_order else "second", f"{result.tasks_per_sec:,.0f}",
-        f"{result.peak_rss_mb:,.0f}",
-    )
-    out.print(table)
+    columns = ("strategy", "device", "precision", "meta-batch", "task chunk", "inner steps",
+               "order", "tasks/s", "peak RSS MiB")
     if result.peak_gpu_mb is not None:
-        out.print(f"peak GPU memory: {result.peak_gpu_mb:,.0f} MiB")
+        columns += ("peak GPU MiB",)
+    for column in columns:
+        table.add_column(column, justify="right")
+    order = "first" if result.first_order else "second"
+    if result.second_order_steps is not None and not result.first_order:
+        order += f" (last {result.second_order_steps})"
+    row = [
+        f"{result.strategy}{' (auto)' if requested == 'auto' else ''}", result.device,
+        result.precision, str(result.meta_batch), str(result.task_chunk or "all"),
+        str(result.inner_steps) + (" ckpt" if result.checkpoint_inner else ""), order,
+        f"{result.tasks_per_sec:,.0f}", f"{result.peak_rss_mb:,.0f}",
+    ]
+    if result.peak_gpu_mb is not None:
+        row.append(f"{result.peak_gpu_mb:,.0f}")
+    table.add_row(*row)
+    table.caption = f"strategy: {reason}; override with --strategy"
+    out.print(table)
 
 
 def register(app: typer.Typer) -> None:

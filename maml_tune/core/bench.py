@@ -31,6 +31,10 @@ class BenchResult:
     window_tasks_per_sec: tuple[float, ...]
     peak_rss_mb: float
     peak_gpu_mb: float | None
+    task_chunk: int = 0
+    precision: str = "fp32"
+    checkpoint_inner: bool = False
+    second_order_steps: int | None = None
 
     def to_dict(self) -> dict:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -62,11 +66,20 @@ def measure_throughput(
     meta_batch = config.train.meta_batch
     weights = multi_step_weights(config.algo, 0)
 
+    precision = config.train.precision
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
     def iteration() -> None:
         batch = sampler.sample("train", meta_batch, generator, device)
         optimizer.zero_grad(set_to_none=True)
-        learner.accumulate_meta_gradient(batch, strategy, weights)
-        optimizer.step()
+        learner.accumulate_meta_gradient(
+            batch, strategy, weights, config.train.task_chunk, precision=precision, grad_scaler=scaler
+        )
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+            scaler.update()
 
     for _ in range(WARMUP_ITERATIONS):
         iteration()
@@ -89,4 +102,6 @@ def measure_throughput(
     return BenchResult(
         strategy, str(device), meta_batch, config.algo.inner_steps, config.algo.is_first_order,
         statistics.median(rates), tuple(rates), peak_rss_mb(), gpu,
+        config.train.task_chunk, precision, config.algo.checkpoint_inner,
+        config.algo.second_order_steps,
     )

@@ -18,6 +18,7 @@ from maml_tune.errors import ConfigError
 ALGORITHMS = ("maml", "fomaml", "anil", "metasgd", "lslr")
 ACTIVATIONS = ("relu", "tanh", "gelu", "silu", "leaky_relu")
 STRATEGIES = ("auto", "vmap", "loop", "batched")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,16 @@ class AlgoConfig:
     ``inner_lr`` is the (initial) inner learning rate; it may be negative.
     ``multi_step_loss`` is MAML++'s weighted sum of the query losses after every inner
     step, annealed to the final step over ``msl_anneal_iterations``.
+
+    Memory controls for many inner steps (each tested against the float64 reference):
+    ``second_order_steps`` (``None``: all) differentiates second order only through the
+    last N inner steps; earlier steps are first order (their support gradient is
+    detached, so their graphs are freed at once and memory grows only with N).
+    ``checkpoint_inner`` recomputes each second-order inner step during the backward
+    pass (``torch.utils.checkpoint``, non-reentrant) instead of keeping its activations:
+    the same meta-gradient for about one more support forward/backward per step. It
+    needs the ``loop`` or ``batched`` strategy (``auto`` picks one of them; ``vmap`` is
+    refused: ``torch.func`` transforms do not support saved-tensor hooks).
     """
 
     algorithm: str = "maml"
@@ -63,9 +74,13 @@ class AlgoConfig:
     test_inner_steps: int | None = None
     multi_step_loss: bool = False
     msl_anneal_iterations: int = 1000
+    second_order_steps: int | None = None
+    checkpoint_inner: bool = False
 
     def __post_init__(self) -> None:
         _choice("algo.algorithm", self.algorithm, ALGORITHMS)
+        if self.second_order_steps is not None:
+            _at_least("algo.second_order_steps", self.second_order_steps, 0)
         _at_least("algo.inner_steps", self.inner_steps, 1)
         if self.test_inner_steps is not None:
             _at_least("algo.test_inner_steps", self.test_inner_steps, 0)
@@ -82,7 +97,16 @@ class AlgoConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The outer loop: Adam on the meta-parameters, validation, determinism."""
+    """The outer loop: Adam on the meta-parameters, validation, determinism.
+
+    ``strategy`` picks how the tasks of a meta-batch are executed (``auto``: measured
+    fastest for the architecture and device); ``task_chunk`` bounds how many tasks a
+    vectorised strategy back-propagates at once (0: the whole meta-batch).
+    ``precision`` runs the network's forward passes (meta-training and validation) under
+    ``torch.autocast`` in ``bf16`` or ``fp16`` on the run's device; the meta-parameters,
+    the inner-loop weights and the meta-gradients stay float32. ``fp16`` adds a dynamic
+    gradient scaler (steps with overflowing gradients are skipped).
+    """
 
     meta_lr: float = 1e-3
     meta_batch: int = 25
@@ -94,6 +118,8 @@ class TrainConfig:
     val_seed: int = 1
     seed: int = 0
     strategy: str = "auto"
+    task_chunk: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if not self.meta_lr > 0:
@@ -105,6 +131,8 @@ class TrainConfig:
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"train.grad_clip: expected a number > 0, got {self.grad_clip!r}")
         _choice("train.strategy", self.strategy, STRATEGIES)
+        _at_least("train.task_chunk", self.task_chunk, 0)
+        _choice("train.precision", self.precision, PRECISIONS)
 
 
 @dataclass(frozen=True)

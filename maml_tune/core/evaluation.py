@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from maml_tune.core.learner import MetaLearner
-from maml_tune.core.tasks import TaskSampler, split_generator
+from maml_tune.core.tasks import TaskSampler, check_batch, split_generator
 
 EVAL_CHUNK = 50
 """Tasks sampled and adapted per chunk; fixed so a seed always means the same tasks."""
@@ -61,17 +61,21 @@ def evaluate(
     seed: int,
     strategy: str,
     device: torch.device,
+    precision: str = "fp32",
 ) -> EvalResult:
     """Adapt ``learner`` with ``steps`` inner steps to ``tasks`` seeded tasks of ``split``.
 
     The same ``seed`` always yields the same tasks, so validation during training and
-    comparisons between trials see an identical set.
+    comparisons between trials see an identical set. ``precision`` autocasts the forward
+    passes (``train.precision``; the default ``fp32`` is exact).
     """
     generator = split_generator(split, seed, device)
     outcomes = []
     for start in range(0, tasks, EVAL_CHUNK):
-        batch = sampler.sample(split, min(EVAL_CHUNK, tasks - start), generator, device)
-        outcomes.append(learner.outcome(batch, steps, strategy))
+        size = min(EVAL_CHUNK, tasks - start)
+        batch = sampler.sample(split, size, generator, device)
+        check_batch(batch, sampler, split, size)
+        outcomes.append(learner.outcome(batch, steps, strategy, precision=precision))
 
     def gather(name: str) -> Estimate | None:
         parts = [getattr(o, name) for o in outcomes]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 import torch
+import torch.utils.checkpoint
 from torch.func import functional_call, grad
 
 Params = dict[str, torch.Tensor]
@@ -46,29 +47,74 @@ def inner_trajectory(
     loss_fn: LossFn,
     steps: int,
     first_order: bool,
+    *,
+    second_order_steps: int | None = None,
+    checkpoint: bool = False,
 ) -> Iterator[Params]:
     """Yield the full parameter dict after each of ``steps`` gradient steps on the support set.
 
     Only the parameters named in ``inner_lrs`` adapt (all of them for MAML, the head for
     ANIL); the rest pass through unchanged. With ``first_order`` the support gradient is
     detached, so the meta-gradient drops the second-derivative terms; otherwise the
-    steps stay differentiable and the meta-gradient is exact.
+    steps stay differentiable and the meta-gradient is exact. ``second_order_steps``
+    (``None``: every step) keeps only the last N steps second order and detaches the
+    support gradient of the earlier ones. With ``checkpoint`` (and autograd recording)
+    each second-order step runs under non-reentrant ``torch.utils.checkpoint``: only
+    its input weights are kept, and its forward and support backward are recomputed
+    when the meta-gradient passes through it. That path takes the support gradient with
+    ``torch.autograd.grad`` (``torch.func.grad`` refuses saved-tensor hooks), so it
+    cannot run under ``vmap``.
     """
     fast = {name: params[name] for name in inner_lrs}
     frozen = {name: p for name, p in params.items() if name not in inner_lrs}
+    names = list(fast)
 
     def support_loss(fast_params: Params) -> torch.Tensor:
         return loss_fn(forward({**frozen, **fast_params}, support_x), support_y)
 
     support_grad = grad(support_loss)
+    first_detached = 0 if second_order_steps is None else max(steps - second_order_steps, 0)
     for step in range(steps):
-        grads = support_grad(fast)
-        if first_order:
-            grads = {name: g.detach() for name, g in grads.items()}
-        fast = {
-            name: w - step_lr(inner_lrs[name], step) * grads[name] for name, w in fast.items()
-        }
+        step_first_order = first_order or step < first_detached
+        if (
+            checkpoint
+            and not step_first_order
+            and torch.is_grad_enabled()
+            and all(w.requires_grad for w in fast.values())
+        ):
+            updated = torch.utils.checkpoint.checkpoint(
+                _autograd_step(support_loss, names, inner_lrs, step),
+                *(fast[name] for name in names),
+                use_reentrant=False,
+            )
+            fast = dict(zip(names, updated))
+        else:
+            grads = support_grad(fast)
+            if step_first_order:
+                grads = {name: g.detach() for name, g in grads.items()}
+            fast = {
+                name: w - step_lr(inner_lrs[name], step) * grads[name] for name, w in fast.items()
+            }
         yield {**frozen, **fast}
+
+
+def _autograd_step(
+    support_loss: Callable[[Params], torch.Tensor],
+    names: list[str],
+    inner_lrs: Mapping[str, torch.Tensor | float],
+    step: int,
+) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """One differentiable inner step written with ``torch.autograd.grad`` (checkpointable)."""
+
+    def run(*weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        loss = support_loss(dict(zip(names, weights)))
+        grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
+        return tuple(
+            w - step_lr(inner_lrs[name], step) * (torch.zeros_like(w) if g is None else g)
+            for name, w, g in zip(names, weights, grads)
+        )
+
+    return run
 
 
 def adapt(

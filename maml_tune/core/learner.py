@@ -16,11 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import vmap
 
-from maml_tune.core.config import AlgoConfig, ArchConfig
 from maml_tune.core.batched import make_batched_forward, per_task_loss, stack_params
+from maml_tune.core.config import AlgoConfig, ArchConfig
 from maml_tune.core.inner import LossFn, Params, adapt, inner_trajectory, make_forward
 from maml_tune.core.nets import HEAD_PREFIX, build_network
+from maml_tune.core.precision import autocast
 from maml_tune.core.tasks import TaskBatch
+from maml_tune.errors import ConfigError
 
 
 def loss_function(kind: str) -> LossFn:
@@ -28,18 +30,48 @@ def loss_function(kind: str) -> LossFn:
     return F.mse_loss if kind == "regression" else F.cross_entropy
 
 
-def resolve_strategy(strategy: str, arch: ArchConfig, device: torch.device) -> str:
+def resolve_strategy(
+    strategy: str, arch: ArchConfig, device: torch.device, algo: AlgoConfig | None = None
+) -> str:
     """``auto`` → the strategy measured fastest for this architecture and device.
 
     On CPU, vmapping the tasks is several times faster than a loop for MLPs but slower
     and far more memory-hungry for conv nets (benchmarks/RESULTS.md); on CUDA, batching
-    pays for both.
+    pays for both. ``algo.checkpoint_inner`` rules out ``vmap`` (see :func:`explain_strategy`).
     """
+    return explain_strategy(strategy, arch, device, algo)[0]
+
+
+def explain_strategy(
+    strategy: str, arch: ArchConfig, device: torch.device, algo: AlgoConfig | None = None
+) -> tuple[str, str]:
+    """(the strategy to run, one line saying why) for a requested ``strategy``."""
+    checkpointed = algo is not None and algo.checkpoint_inner
     if strategy != "auto":
-        return strategy
+        if strategy == "vmap" and checkpointed:
+            raise ConfigError(
+                "algo.checkpoint_inner needs train.strategy loop, batched or auto, not vmap "
+                "(torch.func transforms do not support the checkpoint's saved-tensor hooks)"
+            )
+        return strategy, "requested (alternatives: " + ", ".join(
+            s for s in ("vmap", "loop", "batched") if s != strategy
+        ) + ")"
+    where = "CUDA" if device.type == "cuda" else device.type.upper()
     if arch.kind == "mlp" or device.type == "cuda":
-        return "vmap"
-    return "loop"
+        if checkpointed:
+            return "batched", (
+                f"auto: {arch.kind} on {where} would vmap, but algo.checkpoint_inner "
+                "cannot run under vmap, so batched (one grouped pass)"
+            )
+        why = "measured fastest on CPU" if device.type != "cuda" else "one kernel per op for all tasks"
+        return "vmap", (
+            f"auto: {arch.kind} on {where}: tasks vectorised with torch.func.vmap "
+            f"({why}; loop and batched are the alternatives)"
+        )
+    return "loop", (
+        f"auto: {arch.kind} on {where}: per-task loop (measured fastest at the lowest "
+        "memory; vmap is slower and memory-hungry, batched is the alternative)"
+    )
 
 
 @dataclass(frozen=True)
@@ -132,6 +164,8 @@ class MetaLearner(nn.Module):
         trajectory = inner_trajectory(
             forward, params, lrs, support_x, support_y, inner_loss,
             self.algo.inner_steps, self.algo.is_first_order,
+            second_order_steps=self.algo.second_order_steps,
+            checkpoint=self.algo.checkpoint_inner,
         )
         if step_weights is None:
             adapted = params
@@ -145,42 +179,73 @@ class MetaLearner(nn.Module):
         return torch.stack(losses).sum(dim=0)
 
     def accumulate_meta_gradient(
-        self, batch: TaskBatch, strategy: str, step_weights: Sequence[float] | None = None
+        self,
+        batch: TaskBatch,
+        strategy: str,
+        step_weights: Sequence[float] | None = None,
+        task_chunk: int = 0,
+        *,
+        precision: str = "fp32",
+        grad_scaler: torch.amp.GradScaler | None = None,
     ) -> torch.Tensor:
         """Add ∇(mean meta-loss over the batch) to the meta-parameters' ``.grad``; return the mean loss.
 
         ``vmap`` vectorises the per-task computation with ``torch.func.vmap``; ``batched``
-        runs all tasks through one grouped network pass; ``loop`` back-propagates task by
-        task, so at most one task's graph is alive at a time.
+        runs the tasks through one grouped network pass; both back-propagate ``task_chunk``
+        tasks at a time (0: the whole batch), which bounds memory. ``loop`` back-propagates
+        task by task, so at most one task's graph is alive at a time.
+
+        ``precision`` runs the forward passes under autocast (:mod:`~maml_tune.core.precision`);
+        with a ``grad_scaler`` (fp16) the backward pass starts from the scaled loss and the
+        ``.grad`` are scaled accordingly (the returned loss is not).
         """
         params, lrs = self.weights(), self.inner_lrs()
+        n_tasks = batch.n_tasks
 
         def objective(sx, sy, qx, qy):
             return self.task_objective(params, lrs, sx, sy, qx, qy, step_weights)
 
-        if strategy in ("vmap", "batched"):
+        def chunk_loss(chunk: TaskBatch) -> torch.Tensor:
+            if strategy == "loop":
+                return objective(*(t[0] for t in chunk.tensors()))
             if strategy == "vmap":
-                losses = vmap(objective)(*batch.tensors())
-            else:
-                stacked = stack_params(params, batch.n_tasks)
-                losses = self.task_objective(
-                    stacked, lrs, *batch.tensors(), step_weights, batched=True
-                )
-            loss = losses.mean()
-            loss.backward()
-            return loss.detach()
-        if strategy != "loop":
+                return vmap(objective)(*chunk.tensors()).sum()
+            stacked = stack_params(params, chunk.n_tasks)
+            return self.task_objective(stacked, lrs, *chunk.tensors(), step_weights, batched=True).sum()
+
+        if strategy not in ("loop", "vmap", "batched"):
             raise ValueError(f"unknown execution strategy {strategy!r}; resolve 'auto' first")
-        total = torch.zeros((), dtype=batch.query_x.dtype, device=batch.query_x.device)
-        for index in range(batch.n_tasks):
-            loss = objective(*(t[index] for t in batch.tensors())) / batch.n_tasks
-            loss.backward()
+        if strategy == "vmap" and self.algo.checkpoint_inner:
+            raise ConfigError("algo.checkpoint_inner cannot run under the vmap strategy; use loop or batched")
+        size = 1 if strategy == "loop" else task_chunk or n_tasks
+        device = batch.query_x.device
+        total = torch.zeros((), dtype=batch.query_x.dtype, device=device)
+        for chunk in batch.chunks(size):
+            with autocast(precision, device):
+                loss = chunk_loss(chunk) / n_tasks
+            (loss if grad_scaler is None else grad_scaler.scale(loss)).backward()
             total += loss.detach()
         return total
 
     @torch.no_grad()
-    def outcome(self, batch: TaskBatch, steps: int, strategy: str) -> BatchOutcome:
-        """Per-task query loss (and accuracy) before and after ``steps`` adaptation steps."""
+    def outcome(
+        self, batch: TaskBatch, steps: int, strategy: str, *, precision: str = "fp32"
+    ) -> BatchOutcome:
+        """Per-task query loss (and accuracy) before and after ``steps`` adaptation steps.
+
+        Adaptation here needs no meta-gradient, so ``algo.second_order_steps`` and
+        ``algo.checkpoint_inner`` do not apply; ``precision`` autocasts the forward passes
+        (the inner-loop gradients use ``torch.func.grad``, which works without recording).
+        """
+        with autocast(precision, batch.query_x.device):
+            result = self._outcome(batch, steps, strategy)
+        if precision == "fp32":
+            return result
+        return BatchOutcome(*(None if t is None else t.float() for t in (
+            result.loss_before, result.loss_after, result.accuracy_before, result.accuracy_after
+        )))
+
+    def _outcome(self, batch: TaskBatch, steps: int, strategy: str) -> BatchOutcome:
         lrs = self.inner_lrs()
         classify = self.kind == "classification"
         batched = strategy == "batched"

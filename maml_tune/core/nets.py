@@ -41,6 +41,13 @@ class BatchStatNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.bfloat16, torch.float16):
+            # Under autocast: statistics in float32 (bf16 has an 8-bit mantissa).
+            with torch.autocast(x.device.type, enabled=False):
+                return self._normalise(x.float())
+        return self._normalise(x)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         dims = (0, 2, 3)
         mean = x.mean(dim=dims, keepdim=True)
         var = x.var(dim=dims, unbiased=False, keepdim=True)

@@ -66,3 +66,33 @@ def split_generator(split: str, seed: int, device: torch.device | str = "cpu") -
     generator = torch.Generator(device=device)
     generator.manual_seed(int.from_bytes(digest[:4], "little"))
     return generator
+
+
+def check_batch(batch: object, sampler: TaskSampler, split: str, n_tasks: int) -> None:
+    """Raise :class:`~maml_tune.errors.FamilyError` when a family's ``sample`` broke the contract
+    (not a :class:`TaskBatch`, wrong task count, input shape or target shape); cheap enough
+    to run on every batch, it turns a deep shape error into one line naming the family."""
+    from maml_tune.errors import FamilyError
+
+    name = getattr(sampler, "name", type(sampler).__name__)
+    where = f"task family {name!r}: sample({split!r}, {n_tasks})"
+    if not isinstance(batch, TaskBatch):
+        raise FamilyError(f"{where} returned {type(batch).__name__}, expected a TaskBatch")
+    tensors = batch.tensors()
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise FamilyError(f"{where}: every field of the TaskBatch must be a torch.Tensor")
+    sx, sy, qx, qy = tensors
+    shape = tuple(sampler.input_shape)
+    for label, x, y in (("support", sx, sy), ("query", qx, qy)):
+        if x.dim() < 2 or x.shape[0] != n_tasks or tuple(x.shape[2:]) != shape:
+            raise FamilyError(
+                f"{where}: {label} inputs have shape {tuple(x.shape)}, expected ({n_tasks}, examples, "
+                f"{', '.join(map(str, shape))})"
+            )
+        expected = (
+            (n_tasks, x.shape[1], sampler.output_size)
+            if sampler.kind == "regression"
+            else (n_tasks, x.shape[1])
+        )
+        if tuple(y.shape) != expected:
+            raise FamilyError(f"{where}: {label} targets have shape {tuple(y.shape)}, expected {expected}")

@@ -16,7 +16,7 @@ import torch
 from maml_tune.core.config import AlgoConfig, RunConfig
 from maml_tune.core.evaluation import EvalResult, evaluate
 from maml_tune.core.learner import MetaLearner, resolve_strategy
-from maml_tune.core.tasks import TaskSampler, split_generator
+from maml_tune.core.tasks import TaskSampler, check_batch, split_generator
 from maml_tune.errors import DivergenceError
 
 
@@ -54,6 +54,11 @@ class TrainResult:
     tasks_per_sec: float
     strategy: str
     validations: list[tuple[int, EvalResult]] = field(default_factory=list)
+    peak_gpu_mb: float | None = None
+    """Peak CUDA memory allocated during the run (``torch.cuda.max_memory_allocated`` after a
+    reset at its start), in MiB; ``None`` on CPU."""
+    skipped_steps: int = 0
+    """fp16 only: meta-iterations whose scaled gradients overflowed (the step was skipped)."""
 
 
 def build_learner(config: RunConfig, family: TaskSampler, device: torch.device) -> MetaLearner:
@@ -77,6 +82,10 @@ def multi_step_weights(algo: AlgoConfig, iteration: int) -> list[float] | None:
     return [early] * (steps - 1) + [last]
 
 
+MAX_OVERFLOWED_STEPS = 30
+"""fp16: consecutive overflowing meta-iterations (each halves the loss scale) before giving up."""
+
+
 class MetaTrainer:
     """Meta-trains ``config`` on ``family`` on ``device``; see :meth:`run`."""
 
@@ -89,14 +98,14 @@ class MetaTrainer:
     ):
         self.config, self.family, self.device = config, family, device
         self.callbacks = list(callbacks)
-        self.strategy = resolve_strategy(config.train.strategy, config.arch, device)
+        self.strategy = resolve_strategy(config.train.strategy, config.arch, device, config.algo)
 
     def validate(self, learner: MetaLearner) -> EvalResult:
         t = self.config.train
         return evaluate(
             learner, self.family, split="val", tasks=t.val_tasks,
             steps=self.config.algo.eval_inner_steps, seed=t.val_seed,
-            strategy=self.strategy, device=self.device,
+            strategy=self.strategy, device=self.device, precision=t.precision,
         )
 
     def run(self) -> TrainResult:
@@ -115,19 +124,42 @@ class MetaTrainer:
         )
         generator = split_generator("train", t.seed, self.device)
         result = TrainResult(learner, 0, 0.0, 0.0, 0.0, self.strategy)
+        # fp16: a dynamic loss scale keeps small gradients from flushing to zero.
+        scaler = torch.amp.GradScaler(self.device.type) if t.precision == "fp16" else None
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        overflowed = 0
         started = time.perf_counter()
         for iteration in range(1, t.iterations + 1):
             step_started = time.perf_counter()
             batch = self.family.sample("train", t.meta_batch, generator, self.device)
+            check_batch(batch, self.family, "train", t.meta_batch)
             optimizer.zero_grad(set_to_none=True)
             loss = learner.accumulate_meta_gradient(
-                batch, self.strategy, multi_step_weights(cfg.algo, iteration - 1)
+                batch, self.strategy, multi_step_weights(cfg.algo, iteration - 1), t.task_chunk,
+                precision=t.precision, grad_scaler=scaler,
             ).item()
             if not math.isfinite(loss):
                 raise DivergenceError(f"meta-loss became {loss} at iteration {iteration}", iteration)
-            self._clip_or_fail(learner, iteration)
             meta_lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
+            if scaler is None:
+                self._clip_or_fail(learner, iteration)
+                optimizer.step()
+            else:
+                scaler.unscale_(optimizer)
+                if self._clip_or_fail(learner, iteration, allow_overflow=True):
+                    overflowed = 0
+                else:
+                    overflowed += 1
+                    result.skipped_steps += 1
+                    if overflowed > MAX_OVERFLOWED_STEPS:
+                        raise DivergenceError(
+                            f"fp16 meta-gradients overflowed {overflowed} iterations in a row "
+                            f"(at iteration {iteration})", iteration,
+                        )
+                scaler.step(optimizer)  # skipped when the gradients overflowed
+                scaler.update()
             if scheduler is not None:
                 scheduler.step()
             result.train_seconds += time.perf_counter() - step_started
@@ -139,19 +171,25 @@ class MetaTrainer:
             if iteration % t.val_interval == 0 or iteration == t.iterations:
                 self._validate(learner, iteration, result)
         result.wall_seconds = time.perf_counter() - started
+        if cuda:
+            result.peak_gpu_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         if result.train_seconds > 0:
             result.tasks_per_sec = result.iterations * t.meta_batch / result.train_seconds
         return result
 
-    def _clip_or_fail(self, learner: MetaLearner, iteration: int) -> None:
+    def _clip_or_fail(self, learner: MetaLearner, iteration: int, allow_overflow: bool = False) -> bool:
+        """Clip the meta-gradient; False when it is not finite and ``allow_overflow`` (fp16)."""
         grads = [p.grad for p in learner.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads)
         if not torch.isfinite(norm):
+            if allow_overflow:
+                return False
             raise DivergenceError(
                 f"meta-gradient norm became {norm.item()} at iteration {iteration}", iteration
             )
         if self.config.train.grad_clip is not None:
             torch.nn.utils.clip_grads_with_norm_(grads, self.config.train.grad_clip, norm)
+        return True
 
     def _validate(self, learner: MetaLearner, iteration: int, result: TrainResult) -> None:
         validation = self.validate(learner)

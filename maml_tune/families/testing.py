@@ -20,8 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from maml_tune.core.config import ArchConfig, RunConfig, resolve_key
-from maml_tune.core.evaluation import evaluate
+from maml_tune.core.config import ArchConfig, resolve_key
 from maml_tune.core.learner import MetaLearner
 from maml_tune.core.tasks import SPLITS, TaskBatch, split_generator
 from maml_tune.core.trainer import MetaTrainer, build_learner
@@ -33,6 +32,7 @@ N_TASKS = 4
 LEARN_ITERATIONS = 40
 LEARN_META_BATCH = 8
 LEARN_EVAL_TASKS = 40
+LEARN_CONV_CHANNELS = 16
 
 
 @dataclass(frozen=True)
@@ -131,18 +131,31 @@ def check_vmap_safety(family: TaskFamily) -> None:
 
 
 def check_learns(family: TaskFamily) -> None:
-    """A few meta-iterations lower the post-adaptation validation loss."""
-    config = family.run_config(
-        {"train.iterations": LEARN_ITERATIONS, "train.meta_batch": LEARN_META_BATCH,
-         "train.val_interval": LEARN_ITERATIONS, "train.val_tasks": LEARN_EVAL_TASKS}
-    )
+    """A few meta-iterations improve adaptation: lower validation loss (regression) or higher
+    validation accuracy (classification).
+
+    Conv nets are narrowed to :data:`LEARN_CONV_CHANNELS` channels so the check stays quick
+    on a CPU: it tests that the family's tasks are learnable, not the architecture.
+    """
+    overrides = {"train.iterations": LEARN_ITERATIONS, "train.meta_batch": LEARN_META_BATCH,
+                 "train.val_interval": LEARN_ITERATIONS, "train.val_tasks": LEARN_EVAL_TASKS}
+    if family.run_config().arch.kind == "conv":
+        overrides["arch.channels"] = min(family.run_config().arch.channels, LEARN_CONV_CHANNELS)
+    config = family.run_config(overrides)
     trainer = MetaTrainer(config, family, CPU)
-    before = trainer.validate(build_learner(config, family, CPU)).loss_after.mean
-    after = trainer.validate(trainer.run().learner).loss_after.mean
-    assert after < before, (
-        f"{LEARN_ITERATIONS} meta-iterations did not lower the post-adaptation loss "
-        f"({before:.4g} → {after:.4g})"
-    )
+    before = trainer.validate(build_learner(config, family, CPU))
+    after = trainer.validate(trainer.run().learner)
+    if family.kind == "classification":
+        # Early in training the loss of an adapted classifier is noisy; accuracy is what improves.
+        assert after.accuracy_after.mean > before.accuracy_after.mean, (
+            f"{LEARN_ITERATIONS} meta-iterations did not raise the post-adaptation accuracy "
+            f"({before.accuracy_after.mean:.3f} → {after.accuracy_after.mean:.3f})"
+        )
+    else:
+        assert after.loss_after.mean < before.loss_after.mean, (
+            f"{LEARN_ITERATIONS} meta-iterations did not lower the post-adaptation loss "
+            f"({before.loss_after.mean:.4g} → {after.loss_after.mean:.4g})"
+        )
 
 
 CHECKS: dict[str, Callable[[TaskFamily], None]] = {

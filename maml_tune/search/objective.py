@@ -15,12 +15,18 @@ for accuracy metrics); cost/time objectives report nothing.
 A diverging trial (non-finite loss or gradient, or a post-adaptation validation loss more
 than ``budget.divergence_factor`` times the pre-adaptation loss) ends PRUNED with its
 reason in the ``reason`` user attribute; an invalid sampled configuration or an error
-ends FAILED with the reason recorded. Neither stops the study.
+ends FAILED with the reason recorded. Neither stops the study. A (CUDA) out-of-memory error
+fails the trial with its reason and frees the cached memory before the next trial; an
+interrupt (Ctrl-C, see :mod:`maml_tune.search.interrupt`) fails it with ``reason``
+:data:`~maml_tune.search.interrupt.REASON` and stops the worker.
 """
 
 from __future__ import annotations
 
+import gc
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +36,7 @@ from maml_tune import __version__
 from maml_tune.core.config import RunConfig
 from maml_tune.core.trainer import TrainerCallback
 from maml_tune.errors import ConfigError, DivergenceError, StudyError
+from maml_tune.search import interrupt
 from maml_tune.search.space import suggest
 from maml_tune.search.spec import StudySpec
 
@@ -43,13 +50,18 @@ USER_ATTRS = {
     "wall_seconds": "trial wall time (training + validation + test evaluation)",
     "train_seconds": "time spent in meta-training steps",
     "tasks_per_sec": "meta-training throughput",
+    "peak_gpu_mb": "peak CUDA memory allocated during meta-training and validation, MiB "
+    "(only on a CUDA device)",
     "iterations_done": "meta-iterations completed (less than the budget when pruned)",
     "device": "torch device the trial ran on",
     "version": "maml-tune version",
     "worker": "index of the worker process on its host",
+    "process": "{host, pid, pid_ns} of the worker process (a RUNNING trial whose process is gone "
+    "is failed and retried by the next search)",
     "checkpoint": "checkpoint directory (kept only while the trial is in the study's top-k)",
     "baseline": "true for the enqueued literature configuration",
-    "reason": "why a trial was pruned or failed (divergence, pruner, invalid config, error)",
+    "reason": "why a trial was pruned or failed (divergence, pruner, invalid config, out of memory, "
+    "interrupt, error)",
 }
 """User attributes every trial records (``reason`` only when pruned or failed)."""
 
@@ -115,15 +127,23 @@ class TrialObjective:
         self.base_overrides = spec.base_overrides()
         self.base = flat_config(family.run_config(self.base_overrides))
         self.report_metric = pruning_metric(spec)
+        self.trial_id: int | None = None
+        """Storage id of the trial this objective ran last (the runner re-queues it on interrupt)."""
 
     def __call__(self, trial: Any) -> float | tuple[float, ...]:
         import optuna
 
         started = time.perf_counter()
-        trial.set_user_attr("version", __version__)
-        trial.set_user_attr("device", str(self.device))
-        trial.set_user_attr("worker", self.worker)
-        params = suggest(trial, self.spec.space, self.base)
+        self.trial_id = trial._trial_id
+        try:
+            trial.set_user_attr("process", process_identity())
+            trial.set_user_attr("version", __version__)
+            trial.set_user_attr("device", str(self.device))
+            trial.set_user_attr("worker", self.worker)
+            params = suggest(trial, self.spec.space, self.base)
+        except Exception as exc:  # e.g. the study database connection was lost
+            _try_set_reason(trial, _error_reason(exc))
+            raise
         self.events({"kind": "trial_start", "worker": self.worker, "trial": trial.number, "params": params})
         try:
             config = self.family.run_config({**self.base_overrides, **params})
@@ -131,10 +151,18 @@ class TrialObjective:
             reason = f"invalid configuration: {exc}"
             trial.set_user_attr("reason", reason)
             raise TrialFailed(reason) from None
-        trial.set_user_attr("config", config.to_dict())
+        try:
+            trial.set_user_attr("config", config.to_dict())
+        except Exception as exc:  # e.g. the study database connection was lost
+            _try_set_reason(trial, _error_reason(exc))
+            raise
         callback = _TrialCallback(self, trial, config)
+        out_of_memory = None
         try:
             return self._run(trial, config, callback, started)
+        except KeyboardInterrupt:
+            trial.set_user_attr("reason", interrupt.REASON)
+            raise
         except DivergenceError as exc:
             reason = f"diverged: {exc}"
             trial.set_user_attr("reason", reason)
@@ -142,22 +170,29 @@ class TrialObjective:
         except optuna.TrialPruned as exc:
             trial.set_user_attr("reason", str(exc))
             raise
-        except (TrialFailed, KeyboardInterrupt):
+        except TrialFailed as exc:
+            trial.set_user_attr("reason", str(exc))
             raise
+        except _out_of_memory_errors() as exc:
+            out_of_memory = f"out of memory on {self.device}: {_first_line(exc)}"
+            trial.set_user_attr("reason", out_of_memory)
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            trial.set_user_attr("reason", reason)
+            _try_set_reason(trial, _error_reason(exc))
             raise
         finally:
-            trial.set_user_attr("wall_seconds", time.perf_counter() - started)
-            trial.set_user_attr("iterations_done", callback.iteration)
-            trial.set_user_attr("val_history", callback.history)
+            _try_set(trial, "wall_seconds", time.perf_counter() - started)
+            _try_set(trial, "iterations_done", callback.iteration)
+            _try_set(trial, "val_history", callback.history)
+        # Outside the except block, so the error's frames (holding tensors) are already gone.
+        _free_memory(self.device)
+        raise TrialFailed(out_of_memory)
 
     def _run(self, trial: Any, config: RunConfig, callback: _TrialCallback, started: float):
         from maml_tune.core.checkpoint import save_checkpoint
         from maml_tune.core.evaluation import evaluate
         from maml_tune.core.trainer import MetaTrainer
 
+        interrupt.check()
         result = MetaTrainer(config, self.family, self.device, [callback]).run()
         learner = result.learner
         n_params = sum(p.numel() for p in learner.parameters())
@@ -165,6 +200,7 @@ class TrialObjective:
         n_adapted = sum(weights[name].numel() for name in learner.adapted_names)
         steps = config.algo.eval_inner_steps
         eval_started = time.perf_counter()
+        interrupt.check()
         test = evaluate(
             learner,
             self.family,
@@ -174,8 +210,10 @@ class TrialObjective:
             seed=config.eval_seed,
             strategy=result.strategy,
             device=self.device,
+            precision=config.train.precision,
         )
         _synchronize(self.device)
+        interrupt.check()
         adaptation_time = (time.perf_counter() - eval_started) / config.eval_tasks
         if not math.isfinite(test.loss_after.mean):
             raise DivergenceError(f"test loss became {test.loss_after.mean}", result.iterations)
@@ -190,6 +228,8 @@ class TrialObjective:
         trial.set_user_attr("n_adapted_params", n_adapted)
         trial.set_user_attr("train_seconds", result.train_seconds)
         trial.set_user_attr("tasks_per_sec", result.tasks_per_sec)
+        if result.peak_gpu_mb is not None:
+            trial.set_user_attr("peak_gpu_mb", result.peak_gpu_mb)
         values = []
         for metric in self.spec.objective.metrics:
             if metric not in metrics:
@@ -224,6 +264,63 @@ def _prefixed(prefix: str, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def process_identity() -> dict[str, Any]:
+    """``{"host", "pid", "pid_ns"}`` of this process (``pid_ns`` separates containers on one host)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = None
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_ns": namespace}
+
+
+def _error_reason(exc: BaseException) -> str:
+    """``Type: first line``; for a storage error, the database driver's message."""
+    cause = exc.__cause__ if type(exc).__name__ == "StorageInternalError" and exc.__cause__ else exc
+    cause = getattr(cause, "orig", None) or cause
+    if cause is not exc:
+        from maml_tune.search.storage import mask_url
+
+        return f"study database error: {mask_url(_first_line(cause))}"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _try_set_reason(trial: Any, reason: str) -> None:
+    _try_set(trial, "reason", reason)
+
+
+def _try_set(trial: Any, key: str, value: Any) -> None:
+    """Record a user attribute, retrying a lost database briefly; a bookkeeping write that
+    still fails must not turn the trial's outcome into an error."""
+    for pause in (0.2, 0.5, 1.0, None):
+        try:
+            trial.set_user_attr(key, value)
+            return
+        except Exception:
+            if pause is not None:
+                time.sleep(pause)
+
+
+def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    import torch
+
+    return (torch.OutOfMemoryError,)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _free_memory(device: Any) -> None:
+    """Collect garbage and return the CUDA allocator's cached blocks after an out-of-memory error."""
+    gc.collect()
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
 def _synchronize(device: Any) -> None:
     if getattr(device, "type", None) == "cuda":
         import torch
@@ -243,6 +340,7 @@ class _TrialCallback(TrainerCallback):
         self._every = max(1, config.train.iterations // 100)
 
     def on_iteration(self, report: Any) -> None:
+        interrupt.check()  # Ctrl-C stops the trial here, between two meta-iterations
         self.iteration = report.iteration
         now = time.monotonic()
         if report.iteration == report.iterations or (
@@ -263,6 +361,7 @@ class _TrialCallback(TrainerCallback):
     def on_validation(self, iteration: int, result: Any) -> None:
         import optuna
 
+        interrupt.check()
         row = {"iteration": iteration, **{k: v for k, v in result.to_dict().items() if k not in ("split",)}}
         self.history.append(row)
         before, after = result.loss_before.mean, result.loss_after.mean
@@ -310,5 +409,6 @@ __all__ = [
     "baseline_params",
     "checkpoint_dir",
     "flat_config",
+    "process_identity",
     "pruning_metric",
 ]

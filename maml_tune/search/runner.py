@@ -11,6 +11,15 @@ each with its own storage connection, sampler (seeded ``seed + i``) and device (
 gets ``cuda:(i % device_count)`` when the device is ``auto`` or ``cuda``). The same
 command run on other machines against the same server database joins the study.
 
+Faults: before counting, a resumed study's orphaned RUNNING trials (heartbeat stale, or
+run by a process of this host that no longer exists) are failed with a ``reason`` and
+re-queued (:func:`recover_orphans`); a retried trial is run even beyond a worker's quota.
+A storage error (lost connection) fails the current trial and the worker carries on after
+a pause, giving up after ``STORAGE_RETRIES`` consecutive errors. An interrupt
+(:mod:`maml_tune.search.interrupt`) fails the running trial with its reason, re-queues it
+and raises ``KeyboardInterrupt``; with several processes the parent forwards it (SIGTERM)
+to the workers and waits for them.
+
 Progress goes to an ``events`` callable as plain dicts (``kind``: ``study``, ``trial_start``,
 ``iteration``, ``validation``, ``trial_end``, ``status``, ``worker_error``); this module
 never prints.
@@ -21,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import queue as queue_module
+import signal
 import time
 import warnings
 from collections.abc import Callable
@@ -29,14 +39,18 @@ from pathlib import Path
 from typing import Any
 
 from maml_tune import __version__
-from maml_tune.errors import MamlTuneError, StudyError
-from maml_tune.search import results
+from maml_tune.errors import MamlTuneError, StorageError, StudyError
+from maml_tune.search import interrupt, results
 from maml_tune.search.spec import StudySpec
 from maml_tune.search.storage import STUDY_ENV, mask_url, normalize_url, open_storage, storage_url
 
 Event = dict[str, Any]
 EventSink = Callable[[Event], None]
 STATUS_INTERVAL_S = 1.0
+STORAGE_RETRIES = 6
+"""Consecutive storage errors a worker survives (pausing 1, 2, 4, … s) before it gives up."""
+WORKER_STOP_TIMEOUT_S = 120.0
+"""How long the parent waits for interrupted worker processes before killing them."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,131 @@ def enqueue_baseline(study: Any, spec: StudySpec, family: Any) -> dict[str, Any]
         warnings.simplefilter("ignore")
         study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=False)
     return params
+
+
+def _process_alive(identity: Any) -> bool:
+    """False only when ``identity`` (see :func:`process_identity`) names a gone process of this host."""
+    from maml_tune.search.objective import process_identity
+
+    if not isinstance(identity, dict) or not isinstance(identity.get("pid"), int):
+        return True
+    here = process_identity()
+    if identity.get("host") != here["host"] or identity.get("pid_ns") != here["pid_ns"]:
+        return True  # another machine or container: only its heartbeat can tell
+    try:
+        os.kill(identity["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def recover_orphans(study: Any) -> list[int]:
+    """Fail, with a ``reason``, and re-queue the RUNNING trials whose worker is gone (and
+    re-queue interrupted trials that are not yet).
+
+    A trial is orphaned when its heartbeat is older than the storage's grace period (a
+    killed worker anywhere) or when it was run by a process of this host that no longer
+    exists (a killed or hard-interrupted worker here, found without waiting for the grace
+    period). Returns the numbers of the trials failed.
+    """
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    optuna = _quiet_optuna()
+    from maml_tune.search.storage import retry_callback
+
+    storage = study._storage
+    stale: set[int] = set()
+    if is_heartbeat_enabled(storage):
+        stale = set(storage._get_stale_trial_ids(study._study_id))
+    failed = []
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in running:
+        identity = trial.user_attrs.get("process")
+        if trial._trial_id in stale:
+            reason = "its worker stopped sending heartbeats (killed or lost)"
+        elif not _process_alive(identity):
+            reason = f"its worker process {identity['pid']} on {identity['host']} is gone (killed)"
+        else:
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+            if storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL):
+                failed.append(trial._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker closed it meanwhile
+    callback = (
+        storage.get_heartbeat_stale_trial_callback() if is_heartbeat_enabled(storage) else None
+    ) or retry_callback()
+    numbers = []
+    for trial_id in failed:
+        frozen = storage.get_trial(trial_id)
+        callback(study, frozen)
+        numbers.append(frozen.number)
+    # Trials an interrupt closed but could not re-queue (a second Ctrl-C came first).
+    trials = study.get_trials(deepcopy=False)
+    retried = results.retried_numbers(trials)
+    for trial in trials:
+        if (
+            trial.state == optuna.trial.TrialState.FAIL
+            and trial.user_attrs.get("reason") == interrupt.REASON
+            and trial.number not in retried
+        ):
+            retry_callback(max_retry=None)(study, storage.get_trial(trial._trial_id))
+            numbers.append(trial.number)
+    return numbers
+
+
+def _requeue_interrupted(study: Any, trial_id: int | None) -> None:
+    """Re-queue the trial an interrupt failed, so the resumed study runs it again (best effort)."""
+    from maml_tune.search.storage import retry_callback
+
+    if trial_id is None:
+        return
+    try:
+        frozen = study._storage.get_trial(trial_id)
+        if frozen.state.name != "FAIL" or frozen.user_attrs.get("reason") != interrupt.REASON:
+            return
+        if any(frozen.number in t.system_attrs.get("retry_history", []) for t in study.get_trials()):
+            return
+        retry_callback(max_retry=None)(study, frozen)
+    except Exception:  # the trial is closed; without the retry the study just counts it as failed
+        pass
+
+
+def _is_storage_error(exc: BaseException | None) -> bool:
+    """A lost or failing study database, also when Optuna's clean-up masked it with another
+    error (its ``_run_trial`` can end in an ``AssertionError`` raised while handling one)."""
+    import optuna
+    import sqlalchemy.exc
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _close_lost_trial(study: Any, trial_id: int | None, reason: str) -> None:
+    """Fail the trial a storage error interrupted, if it is still RUNNING (best effort)."""
+    import optuna
+
+    if trial_id is None:
+        return
+    storage = study._storage
+    for pause in (0.5, 1.0, 2.0, None):
+        try:
+            if storage.get_trial(trial_id).state == optuna.trial.TrialState.RUNNING:
+                storage.set_trial_user_attr(trial_id, "reason", reason)
+                storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
+            return
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return
+        except Exception:  # still unreachable: the heartbeat (or the next search) will fail it
+            if pause is not None:
+                time.sleep(pause)
 
 
 @dataclass
@@ -251,14 +390,54 @@ def run_worker(job: WorkerJob, sink: EventSink) -> int:
             0, CheckpointKeeper(job.checkpoint_root, job.study_name, spec.study.top_k_checkpoints)
         )
     done = 0
-    while done < job.quota:
+    storage_errors = 0
+    while True:
+        interrupt.check()
         if job.deadline is not None and time.time() >= job.deadline:
             break
-        if results.counted_trials(study.get_trials(deepcopy=False)) >= job.n_trials:
-            break
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
-        done += 1
+        try:
+            trials = study.get_trials(deepcopy=False)
+            if results.counted_trials(trials) >= job.n_trials:
+                break
+            if done >= job.quota and not _waiting_retries(trials):
+                break
+            objective.trial_id = None
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+            except KeyboardInterrupt:
+                _requeue_interrupted(study, objective.trial_id)
+                raise
+            done += 1
+            storage_errors = 0
+        except Exception as exc:
+            if not _is_storage_error(exc):
+                raise
+            storage_errors += 1
+            message = _storage_message(exc)
+            if storage_errors > STORAGE_RETRIES:
+                raise StorageError(
+                    f"lost the study database {mask_url(job.storage)} ({STORAGE_RETRIES} retries): {message}"
+                ) from None
+            sink({"kind": "storage_error", "worker": job.worker, "message": message})
+            time.sleep(min(2.0 ** (storage_errors - 1), 16.0))
+            _close_lost_trial(study, objective.trial_id, f"lost the study database: {message}")
     return done
+
+
+def _waiting_retries(trials: list[Any]) -> bool:
+    """Whether a failed trial was re-queued (it replaces a counted trial, so it may exceed the quota)."""
+    return any(t.state.name == "WAITING" and "failed_trial" in t.system_attrs for t in trials)
+
+
+def _storage_message(exc: BaseException) -> str:
+    import sqlalchemy.exc
+
+    while not isinstance(exc, sqlalchemy.exc.SQLAlchemyError) and (exc.__cause__ or exc.__context__):
+        exc = exc.__cause__ or exc.__context__
+    cause = exc.__cause__ or exc
+    orig = getattr(cause, "orig", None) or cause
+    text = str(orig).strip()
+    return mask_url(text.splitlines()[0] if text else type(orig).__name__)
 
 
 def _process_main(job: WorkerJob, events: Any) -> None:
@@ -268,10 +447,13 @@ def _process_main(job: WorkerJob, events: Any) -> None:
     def sink(event: Event) -> None:
         events.put(event)
 
+    # Ctrl-C in a terminal reaches every worker; the parent forwards it as SIGTERM. Either
+    # way a worker closes its trial and stops, and ignores repeats (the parent may give up).
     try:
-        run_worker(job, sink)
+        with interrupt.handling(hard_exit=False, signals=(signal.SIGINT, signal.SIGTERM)):
+            run_worker(job, sink)
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(interrupt.EXIT_CODE)
     except MamlTuneError as exc:
         sink({"kind": "worker_error", "worker": job.worker, "message": str(exc).strip().splitlines()[0]})
         sys.exit(exc.exit_code)
@@ -305,7 +487,13 @@ def run_search(
     url = normalize_url(storage_url(options.storage))
     study_name = resolve_study_name(spec, options.study_name)
     storage = open_storage(url)
+    device = worker_device(options.device, 0)  # an unavailable device fails before the study changes
+    if options.workers < 1:
+        from maml_tune.errors import ConfigError
+
+        raise ConfigError(f"workers: expected an integer >= 1, got {options.workers}")
     study, created = create_or_resume(spec, storage, study_name)
+    recovered = [] if created else recover_orphans(study)
     baseline = None
     if spec.study.baseline:
         from maml_tune.families.registry import Registry
@@ -330,6 +518,8 @@ def run_search(
             "directions": list(spec.objective.directions),
             "metrics": list(spec.objective.metrics),
             "baseline": baseline,
+            "recovered": recovered,
+            "device": str(device),
         }
     )
     _status(study, sink)
@@ -360,16 +550,19 @@ def run_search(
         def forward(event: Event) -> None:
             sink(event)
             if event["kind"] == "trial_end":
-                _status(study, sink)
+                try:
+                    _status(study, sink)
+                except Exception:  # a status poll must never stop the search
+                    pass
 
         run_worker(jobs[0], forward)
     elif jobs:
         errors = _run_processes(jobs, study, sink)
-    trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
-    after = results.counted_trials(trials)
+    final = _with_storage_retries(lambda: optuna.load_study(study_name=study_name, storage=storage))
+    after = results.counted_trials(_with_storage_retries(lambda: final.get_trials(deepcopy=False)))
     if jobs and len(errors) == len(jobs) and after == before:
         raise StudyError(f"every worker failed: {errors[0]}")
-    summary = results.summary(optuna.load_study(study_name=study_name, storage=storage))
+    summary = _with_storage_retries(lambda: results.summary(final))
     return SearchResult(
         study_name,
         mask_url(url),
@@ -380,6 +573,17 @@ def run_search(
         baseline,
         errors,
     )
+
+
+def _with_storage_retries(read: Callable[[], Any]) -> Any:
+    """``read()``, retried after a pause when the study database connection was lost."""
+    for attempt in range(STORAGE_RETRIES):
+        try:
+            return read()
+        except Exception as exc:
+            if not _is_storage_error(exc) or attempt == STORAGE_RETRIES - 1:
+                raise
+            time.sleep(min(2.0**attempt, 16.0))
 
 
 def _status(study: Any, sink: EventSink) -> None:
@@ -405,17 +609,22 @@ def _run_processes(jobs: list[WorkerJob], study: Any, sink: EventSink) -> list[s
     for process in processes:
         process.start()
     last_status = 0.0
+
+    def drain() -> None:
+        try:
+            while True:
+                event = events.get(timeout=0.2)
+                if event["kind"] == "worker_error":
+                    errors.append(f"worker {event['worker']}: {event['message']}")
+                sink(event)
+        except queue_module.Empty:
+            pass
+
     try:
         while True:
+            interrupt.check()
             alive = any(p.is_alive() for p in processes)
-            try:
-                while True:
-                    event = events.get(timeout=0.2)
-                    if event["kind"] == "worker_error":
-                        errors.append(f"worker {event['worker']}: {event['message']}")
-                    sink(event)
-            except queue_module.Empty:
-                pass
+            drain()
             now = time.monotonic()
             if now - last_status >= STATUS_INTERVAL_S:
                 last_status = now
@@ -426,11 +635,20 @@ def _run_processes(jobs: list[WorkerJob], study: Any, sink: EventSink) -> list[s
             if not alive:
                 break
     except KeyboardInterrupt:
+        # Forward the interrupt (a terminal already sent it to the whole process group; the
+        # workers ignore the repeat), then wait for every worker to close its trial.
         for process in processes:
-            process.join(timeout=30)
+            if process.is_alive() and process.pid is not None:
+                try:
+                    os.kill(process.pid, signal.SIGTERM)
+                except OSError:
+                    pass
+        give_up = time.monotonic() + WORKER_STOP_TIMEOUT_S
+        while any(p.is_alive() for p in processes) and time.monotonic() < give_up:
+            drain()
         for process in processes:
             if process.is_alive():
-                process.terminate()
+                process.kill()  # its trial is recovered by the next search
         raise
     finally:
         for process in processes:

@@ -9,6 +9,7 @@ URL with its password masked (:func:`mask_url`).
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import sqlite3
@@ -111,14 +112,12 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True, create: bool
         kwargs.update(
             heartbeat_interval=HEARTBEAT_INTERVAL_S,
             grace_period=max(GRACE_PERIOD_S, 2 * HEARTBEAT_INTERVAL_S),
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=MAX_RETRY
-            ),
+            heartbeat_stale_trial_callback=retry_callback(MAX_RETRY),
         )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, **kwargs)
+            return _storage_class()(url, **kwargs)
     except sqlalchemy.exc.ArgumentError as exc:
         raise StorageError(f"invalid storage URL {mask_url(url)}: {_first_line(exc)}") from None
     except ImportError:
@@ -131,6 +130,52 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True, create: bool
         ) from None
     except RuntimeError as exc:  # schema version mismatch and the like
         raise StorageError(f"cannot use study database {mask_url(url)}: {_first_line(exc)}") from None
+
+
+_STORAGE_CLASS: type | None = None
+
+
+def _storage_class() -> type:
+    """``RDBStorage`` whose heartbeat survives a lost connection (the next beat reconnects)."""
+    global _STORAGE_CLASS
+    if _STORAGE_CLASS is None:
+        import optuna
+
+        class Storage(optuna.storages.RDBStorage):
+            def record_heartbeat(self, trial_id: int) -> None:
+                # A failed beat would end Optuna's heartbeat thread and let the trial go stale
+                # while it still runs; missing one beat is harmless within the grace period.
+                try:
+                    super().record_heartbeat(trial_id)
+                except Exception:
+                    pass
+
+        _STORAGE_CLASS = Storage
+    return _STORAGE_CLASS
+
+
+RETRY_KEPT_USER_ATTRS = ("baseline",)
+"""User attributes a retried trial inherits (the others, e.g. ``reason``, belong to the failed run)."""
+
+
+def retry_callback(max_retry: int | None = MAX_RETRY):
+    """Optuna's :class:`RetryHeartbeatStaleTrialCallback`, except that the re-queued trial keeps
+    only :data:`RETRY_KEPT_USER_ATTRS` (not the failed run's ``reason``, ``checkpoint``, …).
+
+    The retry records ``failed_trial`` (the first failed trial) and ``retry_history`` in its
+    system attributes, as Optuna's callback does.
+    """
+    import optuna
+
+    class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
+        def __call__(self, study: Any, trial: Any) -> None:
+            trial = copy.copy(trial)
+            trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in RETRY_KEPT_USER_ATTRS}
+            super().__call__(study, trial)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryStaleTrial(max_retry=max_retry)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -127,6 +127,11 @@ def meta_gradient(
     loss_fn = F.mse_loss if kind == "regression" else F.cross_entropy
     first_order = algo.first_order or algo.algorithm == "fomaml"
     steps = algo.inner_steps
+    # Only the last ``second_order_steps`` steps (all when None) are differentiated twice;
+    # a step taken with create_graph=False yields a constant gradient (first order).
+    last_second_order = getattr(algo, "second_order_steps", None)
+    if last_second_order is None:
+        last_second_order = steps
 
     theta = {
         name: w.detach().clone().requires_grad_(True) for name, w in weights.items()
@@ -154,7 +159,7 @@ def meta_gradient(
             grads = torch.autograd.grad(
                 support_loss,
                 [fast[name] for name in adapted],
-                create_graph=not first_order,
+                create_graph=not first_order and step >= steps - last_second_order,
             )
             fast = {
                 name: fast[name] - _lr_at(algo.algorithm, rates[name], step) * g

@@ -20,6 +20,7 @@ from PIL import Image
 from maml_tune.core.tasks import split_generator
 from maml_tune.errors import ConfigError, DataError
 from maml_tune.families import omniglot
+from maml_tune.families.testing import TaskFamilyConformance
 from maml_tune.families.omniglot import (
     DATA_ENV,
     Omniglot,
@@ -372,3 +373,15 @@ def test_literature_config():
     assert Omniglot().literature_config()["algo.inner_lr"] == 0.4
     assert Omniglot({"n_way": 20}).literature_config()["algo.inner_steps"] == 5
     assert Omniglot().default_architecture()["kind"] == "conv"
+
+
+@pytest.mark.slow
+class TestOmniglotConformance(TaskFamilyConformance):
+    """The shipped conformance suite on the real small sets (or the synthetic fixture)."""
+
+    @pytest.fixture(autouse=True)
+    def _options(self, data_dir, shared_cache):
+        self.options = {"data_dir": str(data_dir), "cache_dir": str(shared_cache)}
+
+    def make_family(self) -> Omniglot:
+        return Omniglot(self.options)

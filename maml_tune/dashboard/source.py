@@ -1,0 +1,663 @@
+"""Reading a study for the dashboard: incrementally, read-only, without blocking the workers.
+
+Optuna's public ``study.get_trials()`` reloads every trial. :class:`SqlSource` instead reads
+Optuna's own tables (``trials``, ``trial_values``, ``trial_params``, …) with SQLAlchemy Core
+and, on each :meth:`~SqlSource.refresh`, fetches only
+
+* trials it has not seen yet (``trial_id`` above the highest seen), and
+* trials it last saw unfinished (RUNNING or WAITING), since only those can still change.
+
+User attributes, system attributes and intermediate values are fetched on demand, for the
+few trials a panel shows (:meth:`~SqlSource.details`), and cached once a trial is finished.
+
+The dashboard never writes: SQLite connections are opened with ``PRAGMA query_only`` and each
+refresh is a handful of short SELECTs (in WAL mode, which the search enables, readers never
+block writers). Any Optuna RDB URL works (SQLite, PostgreSQL, MySQL). Should the tables not
+match the installed Optuna's schema, :func:`open_source` falls back to :class:`OptunaSource`,
+which uses the public API (and reloads everything).
+
+This module returns plain data and never prints.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from maml_tune.errors import StorageError, StudyError
+from maml_tune.search.results import STUDY_ATTR
+from maml_tune.search.storage import _sqlite_path, mask_url, normalize_url, storage_url
+
+UNFINISHED = ("RUNNING", "WAITING")
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+READ_TIMEOUT_S = 10
+_CHUNK = 500
+
+
+def utcnow() -> dt.datetime:
+    """Now as naive UTC, the way Optuna's RDB storage keeps trial times."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the dashboard sees it (times are naive UTC)."""
+
+    trial_id: int
+    number: int
+    state: str
+    start: dt.datetime | None = None
+    complete: dt.datetime | None = None
+    values: tuple[float, ...] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    distributions: dict[str, Any] = field(default_factory=dict)
+    user_attrs: dict[str, Any] | None = None
+    """``None`` until :meth:`SqlSource.details` loaded them."""
+    system_attrs: dict[str, Any] | None = None
+    intermediate: dict[int, float] | None = None
+    heartbeat: dt.datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state not in UNFINISHED
+
+    @property
+    def value(self) -> float | None:
+        return self.values[0] if self.values else None
+
+    def duration(self, now: dt.datetime | None = None) -> float | None:
+        """Seconds from start to completion (to ``now`` while unfinished)."""
+        if self.start is None:
+            return None
+        end = self.complete or (None if self.finished else (now or utcnow()))
+        return (end - self.start).total_seconds() if end else None
+
+    def reason(self) -> str | None:
+        attrs = self.user_attrs or {}
+        system = self.system_attrs or {}
+        return attrs.get("reason") or system.get("fail_reason")
+
+
+@dataclass
+class StudyInfo:
+    study_id: int
+    name: str
+    directions: list[str]
+    metric_names: list[str] | None
+    user_attrs: dict[str, Any]
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return (self.user_attrs.get(STUDY_ATTR) or {}).get("spec") or {}
+
+    @property
+    def family(self) -> str | None:
+        return self.spec.get("family")
+
+    @property
+    def multi(self) -> bool:
+        return len(self.directions) > 1
+
+    def objective_names(self) -> list[str]:
+        names = list(self.metric_names or [])
+        return names + [f"objective {i}" for i in range(len(names), len(self.directions))]
+
+
+@dataclass
+class RefreshStats:
+    new: int = 0
+    changed: int = 0
+    seconds: float = 0.0
+
+
+def _tables():
+    from optuna.storages._rdb import models
+
+    return models
+
+
+def _json(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text is not None else None
+    except ValueError:
+        return text
+
+
+def make_engine(url: str | None):
+    """A read-only SQLAlchemy engine for the study database ``url`` (see :func:`storage_url`)."""
+    import sqlalchemy
+    import sqlalchemy.exc
+
+    url = normalize_url(storage_url(url))
+    path = _sqlite_path(url)
+    if path is not None and not path.exists():
+        raise StorageError(f"no study database at {mask_url(url)} (run maml-tune search first)")
+    kwargs: dict[str, Any]
+    if url.startswith("sqlite"):
+        kwargs = {"connect_args": {"timeout": READ_TIMEOUT_S}}
+    else:
+        kwargs = {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 2, "pool_recycle": 1800}
+    try:
+        engine = sqlalchemy.create_engine(url, **kwargs)
+    except sqlalchemy.exc.ArgumentError as exc:
+        raise StorageError(f"invalid storage URL {mask_url(url)}: {str(exc).splitlines()[0]}") from None
+    except ImportError:
+        raise StorageError(
+            f"no database driver for {mask_url(url)} (install maml-tune[postgres] or maml-tune[mysql])"
+        ) from None
+    if url.startswith("sqlite"):
+
+        @sqlalchemy.event.listens_for(engine, "connect")
+        def _read_only(dbapi_connection, _record):  # never write, whatever happens
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA query_only = 1")
+            cursor.close()
+
+    return engine
+
+
+def _wrap_db_errors(url: str):
+    """A context manager turning SQLAlchemy errors into :class:`StorageError` (password masked)."""
+    import contextlib
+
+    import sqlalchemy.exc
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            raise StorageError(
+                f"cannot read study database {mask_url(url)}: {mask_url(first[0]) if first else exc}"
+            ) from None
+
+    return guard()
+
+
+def study_names(engine) -> list[str]:
+    import sqlalchemy as sa
+
+    m = _tables()
+    with engine.connect() as conn:
+        return sorted(r[0] for r in conn.execute(sa.select(m.StudyModel.__table__.c.study_name)))
+
+
+def _value(models, value: float | None, kind: Any) -> float:
+    return models.TrialValueModel.stored_repr_to_value(value, kind)
+
+
+def overview(url: str | None) -> list[dict[str, Any]]:
+    """Every study of the database: name, family, directions, trials by state, best value, last activity.
+
+    Aggregate queries only (a handful, whatever the number of trials).
+    """
+    import sqlalchemy as sa
+
+    m = _tables()
+    resolved = normalize_url(storage_url(url))
+    engine = make_engine(url)
+    studies_t, dirs_t = m.StudyModel.__table__, m.StudyDirectionModel.__table__
+    trials_t, values_t = m.TrialModel.__table__, m.TrialValueModel.__table__
+    attrs_t = m.StudyUserAttributeModel.__table__
+    try:
+        with _wrap_db_errors(resolved), engine.connect() as conn:
+            studies = {r.study_id: r.study_name for r in conn.execute(sa.select(studies_t))}
+            directions: dict[int, list[str]] = {}
+            for r in conn.execute(sa.select(dirs_t).order_by(dirs_t.c.study_id, dirs_t.c.objective)):
+                directions.setdefault(r.study_id, []).append(r.direction.name.lower())
+            counts: dict[int, dict[str, int]] = {}
+            for r in conn.execute(
+                sa.select(trials_t.c.study_id, trials_t.c.state, sa.func.count()).group_by(
+                    trials_t.c.study_id, trials_t.c.state
+                )
+            ):
+                counts.setdefault(r[0], {})[r[1].name] = r[2]
+            activity = {
+                r[0]: max([d for d in r[1:] if d is not None], default=None)
+                for r in conn.execute(
+                    sa.select(
+                        trials_t.c.study_id,
+                        sa.func.max(trials_t.c.datetime_start),
+                        sa.func.max(trials_t.c.datetime_complete),
+                    ).group_by(trials_t.c.study_id)
+                )
+            }
+            best: dict[int, dict[str, float]] = {}
+            finite = m.TrialValueModel.TrialValueType.FINITE
+            for r in conn.execute(
+                sa.select(trials_t.c.study_id, sa.func.min(values_t.c.value), sa.func.max(values_t.c.value))
+                .join(values_t, values_t.c.trial_id == trials_t.c.trial_id)
+                .where(values_t.c.objective == 0, values_t.c.value_type == finite)
+                .where(trials_t.c.state == _state_enum("COMPLETE"))
+                .group_by(trials_t.c.study_id)
+            ):
+                best[r[0]] = {"minimize": r[1], "maximize": r[2]}
+            families: dict[int, str | None] = {}
+            for r in conn.execute(sa.select(attrs_t).where(attrs_t.c.key == STUDY_ATTR)):
+                data = _json(r.value_json) or {}
+                families[r.study_id] = (
+                    (data.get("spec") or {}).get("family") if isinstance(data, dict) else None
+                )
+    finally:
+        engine.dispose()
+    rows = []
+    for study_id, name in studies.items():
+        c = counts.get(study_id, {})
+        dirs = directions.get(study_id, ["minimize"])
+        row_counts = {s.lower(): c.get(s, 0) for s in STATES}
+        row_counts["total"] = sum(c.values())
+        rows.append(
+            {
+                "name": name,
+                "family": families.get(study_id),
+                "directions": dirs,
+                "counts": row_counts,
+                "best_value": best.get(study_id, {}).get(dirs[0]) if len(dirs) == 1 else None,
+                "last_activity": activity.get(study_id).isoformat() if activity.get(study_id) else None,
+            }
+        )
+    return sorted(rows, key=lambda r: r["name"])
+
+
+def _state_enum(name: str):
+    from optuna.trial import TrialState
+
+    return TrialState[name]
+
+
+class SqlSource:
+    """Incremental, read-only view of one study (see the module docstring)."""
+
+    kind = "sql"
+
+    def __init__(self, url: str | None, study: str | None = None, *, engine: Any = None):
+        self.url = normalize_url(storage_url(url))
+        self.engine = engine or make_engine(url)
+        self.trials: dict[int, TrialRecord] = {}
+        self._by_number: dict[int, TrialRecord] = {}
+        self._watermark = 0
+        self._dist_cache: dict[str, Any] = {}
+        self.refreshes = 0
+        self.last = RefreshStats()
+        self.info = self._load_info(study)
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.url)
+
+    def _guard(self):
+        return _wrap_db_errors(self.url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def records(self) -> list[TrialRecord]:
+        """Every trial seen so far, by number."""
+        return sorted(self.trials.values(), key=lambda t: t.number)
+
+    def by_number(self, number: int) -> TrialRecord | None:
+        return self._by_number.get(number)
+
+    def _load_info(self, name: str | None) -> StudyInfo:
+        import sqlalchemy as sa
+
+        m = _tables()
+        studies_t = m.StudyModel.__table__
+        with self.engine.connect() as conn:
+            rows = {r.study_name: r.study_id for r in conn.execute(sa.select(studies_t))}
+            if name is None:
+                if len(rows) == 1:
+                    name = next(iter(rows))
+                elif not rows:
+                    raise StudyError(f"no studies in {self.masked_url}")
+                else:
+                    raise StudyError(
+                        f"several studies in {self.masked_url}; name one of: {', '.join(sorted(rows))}"
+                    )
+            if name not in rows:
+                known = ", ".join(sorted(rows)) or "none"
+                raise StudyError(f"no study named {name!r} in {self.masked_url} (studies: {known})")
+            study_id = rows[name]
+            dirs_t = m.StudyDirectionModel.__table__
+            directions = [
+                r.direction.name.lower()
+                for r in conn.execute(
+                    sa.select(dirs_t).where(dirs_t.c.study_id == study_id).order_by(dirs_t.c.objective)
+                )
+            ]
+            attrs_t = m.StudyUserAttributeModel.__table__
+            user_attrs = {
+                r.key: _json(r.value_json)
+                for r in conn.execute(sa.select(attrs_t).where(attrs_t.c.study_id == study_id))
+            }
+            sys_t = m.StudySystemAttributeModel.__table__
+            metric = conn.execute(
+                sa.select(sys_t.c.value_json).where(
+                    sys_t.c.study_id == study_id, sys_t.c.key == "study:metric_names"
+                )
+            ).scalar()
+        return StudyInfo(study_id, name, directions or ["minimize"], _json(metric), user_attrs)
+
+    # ------------------------------------------------------------------ refresh
+    def refresh(self) -> RefreshStats:
+        """Fetch new trials and re-fetch unfinished ones; returns how many were new or changed."""
+        import sqlalchemy as sa
+
+        started = time.perf_counter()
+        m = _tables()
+        trials_t = m.TrialModel.__table__
+        sid = self.info.study_id
+        pending = [t.trial_id for t in self.trials.values() if not t.finished]
+        stats = RefreshStats()
+        with self._guard(), self.engine.connect() as conn:
+            where = trials_t.c.trial_id > self._watermark
+            rows = list(
+                conn.execute(
+                    sa.select(
+                        trials_t.c.trial_id,
+                        trials_t.c.number,
+                        trials_t.c.state,
+                        trials_t.c.datetime_start,
+                        trials_t.c.datetime_complete,
+                    ).where(trials_t.c.study_id == sid, where)
+                )
+            )
+            for chunk in _chunks(pending):
+                rows.extend(
+                    conn.execute(
+                        sa.select(
+                            trials_t.c.trial_id,
+                            trials_t.c.number,
+                            trials_t.c.state,
+                            trials_t.c.datetime_start,
+                            trials_t.c.datetime_complete,
+                        ).where(trials_t.c.trial_id.in_(chunk))
+                    )
+                )
+            if not rows:
+                stats.seconds = time.perf_counter() - started
+                self.last = stats
+                self.refreshes += 1
+                return stats
+            old_mark = self._watermark
+            new_mark = max([old_mark] + [r.trial_id for r in rows])
+            touched: dict[int, TrialRecord] = {}
+            for r in rows:
+                record = self.trials.get(r.trial_id)
+                state = r.state.name
+                if record is None:
+                    record = TrialRecord(r.trial_id, r.number, state)
+                    self.trials[r.trial_id] = record
+                    self._by_number[r.number] = record
+                    stats.new += 1
+                elif record.state != state or record.complete != r.datetime_complete:
+                    stats.changed += 1
+                record.state, record.start, record.complete = state, r.datetime_start, r.datetime_complete
+                touched[r.trial_id] = record
+            # values and params of the touched trials: new ones by id range, pending ones by id
+            self._fetch_children(conn, touched, old_mark, new_mark, pending)
+            self._watermark = new_mark
+        stats.seconds = time.perf_counter() - started
+        self.last = stats
+        self.refreshes += 1
+        return stats
+
+    def _range_or_ids(self, column, old_mark: int, new_mark: int, ids: list[int]):
+        import sqlalchemy as sa
+
+        m = _tables()
+        trials_t = m.TrialModel.__table__
+        in_study = column.in_(
+            sa.select(trials_t.c.trial_id).where(
+                trials_t.c.study_id == self.info.study_id,
+                trials_t.c.trial_id > old_mark,
+                trials_t.c.trial_id <= new_mark,
+            )
+        )
+        conditions = [in_study]
+        for chunk in _chunks(ids):
+            conditions.append(column.in_(chunk))
+        return conditions
+
+    def _fetch_children(self, conn, touched: dict[int, TrialRecord], old: int, new: int, pending: list[int]):
+        import sqlalchemy as sa
+
+        m = _tables()
+        values_t, params_t = m.TrialValueModel.__table__, m.TrialParamModel.__table__
+        kinds = m.TrialValueModel.TrialValueType
+        values: dict[int, dict[int, float]] = {}
+        for condition in self._range_or_ids(values_t.c.trial_id, old, new, pending):
+            stmt = sa.select(
+                values_t.c.trial_id, values_t.c.objective, values_t.c.value, values_t.c.value_type
+            ).where(condition)
+            for trial_id, objective, value, kind in _raw_rows(conn, stmt):
+                kind = kind if isinstance(kind, kinds) else kinds[str(kind)]
+                values.setdefault(trial_id, {})[objective] = _value(m, value, kind)
+        for trial_id, objs in values.items():
+            if trial_id in touched:
+                touched[trial_id].values = tuple(objs[i] for i in sorted(objs))
+        cache, parse = self._dist_cache, self._distribution
+        for condition in self._range_or_ids(params_t.c.trial_id, old, new, pending):
+            stmt = sa.select(
+                params_t.c.trial_id,
+                params_t.c.param_name,
+                params_t.c.param_value,
+                params_t.c.distribution_json,
+            ).where(condition)
+            for trial_id, name, internal, dist_json in _raw_rows(conn, stmt):
+                record = touched.get(trial_id)
+                if record is None:
+                    continue
+                dist = cache.get(dist_json) or parse(dist_json)
+                record.distributions[name] = dist
+                record.params[name] = dist.to_external_repr(internal)
+
+    def _distribution(self, text: str):
+        dist = self._dist_cache.get(text)
+        if dist is None:
+            from optuna.distributions import json_to_distribution
+
+            dist = self._dist_cache[text] = json_to_distribution(text)
+        return dist
+
+    # ------------------------------------------------------------------ details
+    def details(self, records: Iterable[TrialRecord], *, force: bool = False) -> None:
+        """Load user/system attributes, intermediate values and heartbeats of ``records``.
+
+        Finished trials are loaded once; unfinished ones on every call (they still change).
+        """
+        import sqlalchemy as sa
+
+        wanted = [
+            r for r in records if force or r.user_attrs is None or not r.finished or r.intermediate is None
+        ]
+        if not wanted:
+            return
+        m = _tables()
+        ua_t, sa_t = m.TrialUserAttributeModel.__table__, m.TrialSystemAttributeModel.__table__
+        iv_t, hb_t = m.TrialIntermediateValueModel.__table__, m.TrialHeartbeatModel.__table__
+        by_id = {r.trial_id: r for r in wanted}
+        user: dict[int, dict[str, Any]] = {i: {} for i in by_id}
+        system: dict[int, dict[str, Any]] = {i: {} for i in by_id}
+        inter: dict[int, dict[int, float]] = {i: {} for i in by_id}
+        beats: dict[int, Any] = {}
+        with self._guard(), self.engine.connect() as conn:
+            for chunk in _chunks(list(by_id)):
+                for r in conn.execute(sa.select(ua_t).where(ua_t.c.trial_id.in_(chunk))):
+                    user[r.trial_id][r.key] = _json(r.value_json)
+                for r in conn.execute(sa.select(sa_t).where(sa_t.c.trial_id.in_(chunk))):
+                    system[r.trial_id][r.key] = _json(r.value_json)
+                for r in conn.execute(sa.select(iv_t).where(iv_t.c.trial_id.in_(chunk))):
+                    value = m.TrialIntermediateValueModel.stored_repr_to_intermediate_value(
+                        r.intermediate_value, r.intermediate_value_type
+                    )
+                    inter[r.trial_id][r.step] = value
+                for r in conn.execute(sa.select(hb_t).where(hb_t.c.trial_id.in_(chunk))):
+                    beats[r.trial_id] = r.heartbeat
+        for trial_id, record in by_id.items():
+            record.user_attrs = user[trial_id]
+            record.system_attrs = system[trial_id]
+            record.intermediate = dict(sorted(inter[trial_id].items()))
+            record.heartbeat = beats.get(trial_id)
+
+    def trial(self, number: int) -> TrialRecord:
+        """One trial with everything loaded (refreshes first when the number is not known yet)."""
+        if number not in self._by_number:
+            self.refresh()
+        record = self._by_number.get(number)
+        if record is None:
+            raise StudyError(f"study {self.info.name!r} has no trial {number}")
+        self.details([record], force=True)
+        return record
+
+
+def _raw_rows(conn, stmt) -> list[tuple]:
+    """Rows of ``stmt`` straight from the DBAPI cursor (no per-row SQLAlchemy processing: only for
+    columns whose raw values are plain numbers and strings on every backend)."""
+    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.construct_params()
+    args = tuple(params[k] for k in compiled.positiontup) if compiled.positional else params
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute(str(compiled), args)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
+def _chunks(ids: list[int], size: int = _CHUNK) -> list[list[int]]:
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+class OptunaSource(SqlSource):
+    """Fallback through Optuna's public API: every refresh reloads the study's trials."""
+
+    kind = "optuna"
+
+    def __init__(self, url: str | None, study: str | None = None):
+        from maml_tune.search.results import load
+
+        self.url = normalize_url(storage_url(url))
+        self._study = load(url, study)
+        self.trials = {}
+        self._by_number = {}
+        self.refreshes = 0
+        self.last = RefreshStats()
+        s = self._study
+        self.info = StudyInfo(
+            s._study_id,
+            s.study_name,
+            [d.name.lower() for d in s.directions],
+            s.metric_names,
+            dict(s.user_attrs),
+        )
+
+    def close(self) -> None:
+        pass
+
+    def refresh(self) -> RefreshStats:
+        started = time.perf_counter()
+        stats = RefreshStats()
+        for t in self._study.get_trials(deepcopy=False):
+            old = self.trials.get(t._trial_id)
+            if old is None:
+                stats.new += 1
+            elif old.state != t.state.name:
+                stats.changed += 1
+            record = _from_frozen(t)
+            self.trials[t._trial_id] = record
+            self._by_number[t.number] = record
+        stats.seconds = time.perf_counter() - started
+        self.last = stats
+        self.refreshes += 1
+        return stats
+
+    def details(self, records: Iterable[TrialRecord], *, force: bool = False) -> None:
+        return None
+
+
+def _to_utc(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _from_frozen(t: Any) -> TrialRecord:
+    return TrialRecord(
+        t._trial_id,
+        t.number,
+        t.state.name,
+        _to_utc(t.datetime_start),
+        _to_utc(t.datetime_complete),
+        tuple(t.values) if t.values is not None else None,
+        dict(t.params),
+        dict(t.distributions),
+        dict(t.user_attrs),
+        dict(t.system_attrs),
+        dict(sorted(t.intermediate_values.items())),
+    )
+
+
+def open_source(url: str | None, study: str | None = None, *, fallback: bool = True) -> SqlSource:
+    """An incremental :class:`SqlSource`, or the :class:`OptunaSource` fallback when the tables
+    cannot be read directly (``fallback=False`` raises instead)."""
+    import sqlalchemy.exc
+
+    resolved = normalize_url(storage_url(url))
+    engine = make_engine(url)
+    try:
+        source = SqlSource(url, study, engine=engine)
+        source.refresh()
+        return source
+    except (StudyError, StorageError):
+        engine.dispose()
+        raise
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, AttributeError, KeyError, LookupError) as exc:
+        if not _has_studies_table(engine):
+            engine.dispose()
+            raise StudyError(f"no studies in {mask_url(resolved)} (not an Optuna study database)") from None
+        engine.dispose()
+        if fallback and _schema_mismatch(exc):
+            return OptunaSource(url, study)
+        with _wrap_db_errors(resolved):
+            raise
+        raise  # pragma: no cover
+
+
+def _has_studies_table(engine) -> bool:
+    import sqlalchemy as sa
+
+    try:
+        return sa.inspect(engine).has_table("studies")
+    except Exception:
+        return True
+
+
+_SCHEMA_WORDS = ("no such table", "no such column", "doesn't exist", "does not exist", "unknown column")
+
+
+def _schema_mismatch(exc: BaseException) -> bool:
+    """Whether ``exc`` says the tables differ from the installed Optuna's (not a connection problem)."""
+    import sqlalchemy.exc
+
+    if isinstance(exc, (ImportError, AttributeError, KeyError, LookupError)):
+        return True
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return isinstance(exc, sqlalchemy.exc.DBAPIError) and any(w in text for w in _SCHEMA_WORDS)
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
