@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from maml_tune.core.config import RunConfig
+from maml_tune.core.learner import auto_task_chunk
 from maml_tune.core.tasks import TaskSampler, split_generator
 from maml_tune.core.trainer import build_learner, multi_step_weights
 
@@ -65,6 +66,7 @@ def measure_throughput(
     generator = split_generator("train", config.train.seed, device)
     meta_batch = config.train.meta_batch
     weights = multi_step_weights(config.algo, 0)
+    task_chunk = auto_task_chunk(config.train.strategy, config.train.task_chunk, config.arch, device)
 
     precision = config.train.precision
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
@@ -73,7 +75,7 @@ def measure_throughput(
         batch = sampler.sample("train", meta_batch, generator, device)
         optimizer.zero_grad(set_to_none=True)
         learner.accumulate_meta_gradient(
-            batch, strategy, weights, config.train.task_chunk, precision=precision, grad_scaler=scaler
+            batch, strategy, weights, task_chunk, precision=precision, grad_scaler=scaler
         )
         if scaler is None:
             optimizer.step()
@@ -102,6 +104,6 @@ def measure_throughput(
     return BenchResult(
         strategy, str(device), meta_batch, config.algo.inner_steps, config.algo.is_first_order,
         statistics.median(rates), tuple(rates), peak_rss_mb(), gpu,
-        config.train.task_chunk, precision, config.algo.checkpoint_inner,
+        task_chunk, precision, config.algo.checkpoint_inner,
         config.algo.second_order_steps,
     )

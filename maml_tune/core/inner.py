@@ -50,6 +50,7 @@ def inner_trajectory(
     *,
     second_order_steps: int | None = None,
     checkpoint: bool = False,
+    functional_grad: bool = True,
 ) -> Iterator[Params]:
     """Yield the full parameter dict after each of ``steps`` gradient steps on the support set.
 
@@ -63,7 +64,9 @@ def inner_trajectory(
     its input weights are kept, and its forward and support backward are recomputed
     when the meta-gradient passes through it. That path takes the support gradient with
     ``torch.autograd.grad`` (``torch.func.grad`` refuses saved-tensor hooks), so it
-    cannot run under ``vmap``.
+    cannot run under ``vmap``. ``functional_grad=False`` takes every support gradient
+    with ``torch.autograd.grad`` as well: same values, measurably cheaper outside
+    ``vmap`` (which needs ``torch.func.grad``); it needs autograd recording.
     """
     fast = {name: params[name] for name in inner_lrs}
     frozen = {name: p for name, p in params.items() if name not in inner_lrs}
@@ -89,7 +92,17 @@ def inner_trajectory(
             )
             fast = dict(zip(names, updated))
         else:
-            grads = support_grad(fast)
+            if functional_grad:
+                grads = support_grad(fast)
+            else:
+                weights = [fast[name] for name in names]
+                found = torch.autograd.grad(
+                    support_loss(fast), weights, create_graph=not step_first_order, allow_unused=True
+                )
+                grads = {
+                    name: torch.zeros_like(w) if g is None else g
+                    for name, w, g in zip(names, weights, found)
+                }
             if step_first_order:
                 grads = {name: g.detach() for name, g in grads.items()}
             fast = {

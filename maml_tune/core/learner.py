@@ -35,9 +35,10 @@ def resolve_strategy(
 ) -> str:
     """``auto`` → the strategy measured fastest for this architecture and device.
 
-    On CPU, vmapping the tasks is several times faster than a loop for MLPs but slower
-    and far more memory-hungry for conv nets (benchmarks/RESULTS.md); on CUDA, batching
-    pays for both. ``algo.checkpoint_inner`` rules out ``vmap`` (see :func:`explain_strategy`).
+    On CPU (benchmarks/RESULTS.md) the batched strategy is fastest for MLPs and, one task
+    per pass (:func:`auto_task_chunk`), for conv nets at the loop's memory; vmap is slower
+    and far more memory-hungry for conv nets there. On CUDA, vmap (unmeasured so far).
+    ``algo.checkpoint_inner`` rules out ``vmap`` (see :func:`explain_strategy`).
     """
     return explain_strategy(strategy, arch, device, algo)[0]
 
@@ -57,21 +58,33 @@ def explain_strategy(
             s for s in ("vmap", "loop", "batched") if s != strategy
         ) + ")"
     where = "CUDA" if device.type == "cuda" else device.type.upper()
-    if arch.kind == "mlp" or device.type == "cuda":
+    if arch.kind == "mlp" and device.type != "cuda":
+        return "batched", (
+            f"auto: mlp on {where}: one batched pass for all tasks (measured fastest: "
+            "about 1.3-2x vmap and over 10x the per-task loop; vmap and loop are the alternatives)"
+        )
+    if device.type == "cuda":
         if checkpointed:
             return "batched", (
                 f"auto: {arch.kind} on {where} would vmap, but algo.checkpoint_inner "
                 "cannot run under vmap, so batched (one grouped pass)"
             )
-        why = "measured fastest on CPU" if device.type != "cuda" else "one kernel per op for all tasks"
         return "vmap", (
             f"auto: {arch.kind} on {where}: tasks vectorised with torch.func.vmap "
-            f"({why}; loop and batched are the alternatives)"
+            "(one kernel per op for all tasks; loop and batched are the alternatives)"
         )
-    return "loop", (
-        f"auto: {arch.kind} on {where}: per-task loop (measured fastest at the lowest "
-        "memory; vmap is slower and memory-hungry, batched is the alternative)"
+    return "batched", (
+        f"auto: conv on {where}: batched with fused batch-statistics norm, one task per pass "
+        "(measured fastest at the per-task loop's memory; vmap is slower and memory-hungry)"
     )
+
+
+def auto_task_chunk(strategy: str, task_chunk: int, arch: ArchConfig, device: torch.device) -> int:
+    """The tasks back-propagated at once: ``task_chunk`` when set, else one per pass for conv
+    nets on CPU under ``auto`` (grouping tasks gains nothing there and multiplies memory)."""
+    if task_chunk or strategy != "auto":
+        return task_chunk
+    return 1 if arch.kind == "conv" and device.type != "cuda" else 0
 
 
 @dataclass(frozen=True)
@@ -146,6 +159,7 @@ class MetaLearner(nn.Module):
         step_weights: Sequence[float] | None,
         *,
         batched: bool = False,
+        functional_grad: bool = True,
     ) -> torch.Tensor:
         """The meta-loss: the query loss after adaptation (or MAML++'s weighted sum over steps).
 
@@ -153,6 +167,8 @@ class MetaLearner(nn.Module):
         stacked over tasks, the tensors carry a leading task dimension, and it returns the
         ``(T,)`` per-task losses; the inner loop then minimises their sum, whose gradient
         with respect to each task's stacked weights is that task's own gradient.
+        ``functional_grad`` must stay on under ``vmap``; off, the inner loop uses the
+        cheaper ``torch.autograd.grad`` (see :func:`inner_trajectory`).
         """
         if batched:
             forward, query_loss = self.batched_forward, self.per_task_loss
@@ -166,6 +182,7 @@ class MetaLearner(nn.Module):
             self.algo.inner_steps, self.algo.is_first_order,
             second_order_steps=self.algo.second_order_steps,
             checkpoint=self.algo.checkpoint_inner,
+            functional_grad=functional_grad,
         )
         if step_weights is None:
             adapted = params
@@ -203,7 +220,10 @@ class MetaLearner(nn.Module):
         n_tasks = batch.n_tasks
 
         def objective(sx, sy, qx, qy):
-            return self.task_objective(params, lrs, sx, sy, qx, qy, step_weights)
+            # Only vmap needs torch.func.grad; autograd.grad is cheaper everywhere else.
+            return self.task_objective(
+                params, lrs, sx, sy, qx, qy, step_weights, functional_grad=strategy == "vmap"
+            )
 
         def chunk_loss(chunk: TaskBatch) -> torch.Tensor:
             if strategy == "loop":
@@ -211,7 +231,9 @@ class MetaLearner(nn.Module):
             if strategy == "vmap":
                 return vmap(objective)(*chunk.tensors()).sum()
             stacked = stack_params(params, chunk.n_tasks)
-            return self.task_objective(stacked, lrs, *chunk.tensors(), step_weights, batched=True).sum()
+            return self.task_objective(
+                stacked, lrs, *chunk.tensors(), step_weights, batched=True, functional_grad=False
+            ).sum()
 
         if strategy not in ("loop", "vmap", "batched"):
             raise ValueError(f"unknown execution strategy {strategy!r}; resolve 'auto' first")

@@ -15,7 +15,7 @@ import torch
 
 from maml_tune.core.config import AlgoConfig, RunConfig
 from maml_tune.core.evaluation import EvalResult, evaluate
-from maml_tune.core.learner import MetaLearner, resolve_strategy
+from maml_tune.core.learner import MetaLearner, auto_task_chunk, resolve_strategy
 from maml_tune.core.tasks import TaskSampler, check_batch, split_generator
 from maml_tune.errors import DivergenceError
 
@@ -99,6 +99,9 @@ class MetaTrainer:
         self.config, self.family, self.device = config, family, device
         self.callbacks = list(callbacks)
         self.strategy = resolve_strategy(config.train.strategy, config.arch, device, config.algo)
+        self.task_chunk = auto_task_chunk(
+            config.train.strategy, config.train.task_chunk, config.arch, device
+        )
 
     def validate(self, learner: MetaLearner) -> EvalResult:
         t = self.config.train
@@ -137,7 +140,7 @@ class MetaTrainer:
             check_batch(batch, self.family, "train", t.meta_batch)
             optimizer.zero_grad(set_to_none=True)
             loss = learner.accumulate_meta_gradient(
-                batch, self.strategy, multi_step_weights(cfg.algo, iteration - 1), t.task_chunk,
+                batch, self.strategy, multi_step_weights(cfg.algo, iteration - 1), self.task_chunk,
                 precision=t.precision, grad_scaler=scaler,
             ).item()
             if not math.isfinite(loss):

@@ -135,7 +135,7 @@ def test_bench_reports_the_strategy_and_its_options():
     assert data["tasks_per_sec"] > 0 and data["peak_rss_mb"] > 0 and "peak_gpu_mb" not in data
     assert data["strategy_reason"].startswith("requested")
     auto = json.loads(CliRunner().invoke(app, args).output)
-    assert auto["strategy"] == "vmap" and "auto" in auto["strategy_reason"]
+    assert auto["strategy"] == "batched" and "auto" in auto["strategy_reason"]
     table = CliRunner().invoke(app, args[:-1])
     text = " ".join(table.output.split())
     assert "(auto)" in text and "strategy: auto" in text and "--strategy" in text

@@ -270,12 +270,24 @@ def test_auto_strategy_avoids_vmap_with_checkpoint_inner():
     from maml_tune.core.learner import explain_strategy, resolve_strategy
 
     algo = AlgoConfig(checkpoint_inner=True)
-    cpu = torch.device("cpu")
-    assert resolve_strategy("auto", PROBLEMS["mlp"]["arch"], cpu) == "vmap"
-    chosen, why = explain_strategy("auto", PROBLEMS["mlp"]["arch"], cpu, algo)
+    cuda = torch.device("cuda")  # only inspected, never allocated on
+    assert resolve_strategy("auto", PROBLEMS["conv"]["arch"], cuda) == "vmap"
+    chosen, why = explain_strategy("auto", PROBLEMS["conv"]["arch"], cuda, algo)
     assert chosen == "batched" and "checkpoint_inner" in why
     with pytest.raises(ConfigError):
-        resolve_strategy("vmap", PROBLEMS["mlp"]["arch"], cpu, algo)
+        resolve_strategy("vmap", PROBLEMS["mlp"]["arch"], torch.device("cpu"), algo)
+
+
+def test_auto_on_cpu_is_batched_with_one_conv_task_per_pass():
+    from maml_tune.core.learner import auto_task_chunk, resolve_strategy
+
+    cpu = torch.device("cpu")
+    for problem in ("mlp", "conv"):
+        assert resolve_strategy("auto", PROBLEMS[problem]["arch"], cpu) == "batched"
+    assert auto_task_chunk("auto", 0, PROBLEMS["conv"]["arch"], cpu) == 1
+    assert auto_task_chunk("auto", 0, PROBLEMS["mlp"]["arch"], cpu) == 0
+    assert auto_task_chunk("auto", 8, PROBLEMS["conv"]["arch"], cpu) == 8
+    assert auto_task_chunk("batched", 0, PROBLEMS["conv"]["arch"], cpu) == 0
 
 
 @pytest.mark.parametrize("strategy", ["loop", "batched"])
