@@ -131,8 +131,8 @@ def check_vmap_safety(family: TaskFamily) -> None:
 
 
 def check_learns(family: TaskFamily) -> None:
-    """A few meta-iterations improve adaptation: lower validation loss (regression) or higher
-    validation accuracy (classification).
+    """A few meta-iterations improve adaptation: a lower post-adaptation validation loss
+    (or, for classification, a higher post-adaptation validation accuracy).
 
     Conv nets are narrowed to :data:`LEARN_CONV_CHANNELS` channels so the check stays quick
     on a CPU: it tests that the family's tasks are learnable, not the architecture.
@@ -145,17 +145,19 @@ def check_learns(family: TaskFamily) -> None:
     trainer = MetaTrainer(config, family, CPU)
     before = trainer.validate(build_learner(config, family, CPU))
     after = trainer.validate(trainer.run().learner)
-    if family.kind == "classification":
-        # Early in training the loss of an adapted classifier is noisy; accuracy is what improves.
-        assert after.accuracy_after.mean > before.accuracy_after.mean, (
-            f"{LEARN_ITERATIONS} meta-iterations did not raise the post-adaptation accuracy "
-            f"({before.accuracy_after.mean:.3f} → {after.accuracy_after.mean:.3f})"
+    lower_loss = after.loss_after.mean < before.loss_after.mean
+    # Early in training an adapted classifier's loss is noisy while its accuracy rises.
+    higher_accuracy = (
+        family.kind == "classification" and after.accuracy_after.mean > before.accuracy_after.mean
+    )
+    assert lower_loss or higher_accuracy, (
+        f"{LEARN_ITERATIONS} meta-iterations did not lower the post-adaptation loss "
+        f"({before.loss_after.mean:.4g} → {after.loss_after.mean:.4g})"
+        + (
+            f" nor raise the accuracy ({before.accuracy_after.mean:.3f} → {after.accuracy_after.mean:.3f})"
+            if family.kind == "classification" else ""
         )
-    else:
-        assert after.loss_after.mean < before.loss_after.mean, (
-            f"{LEARN_ITERATIONS} meta-iterations did not lower the post-adaptation loss "
-            f"({before.loss_after.mean:.4g} → {after.loss_after.mean:.4g})"
-        )
+    )
 
 
 CHECKS: dict[str, Callable[[TaskFamily], None]] = {
