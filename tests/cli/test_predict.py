@@ -207,3 +207,56 @@ def test_predict_with_an_omniglot_checkpoint(tmp_path, monkeypatch):
     rows = json.loads(result.stdout)
     assert [r["file"] for r in rows] == ["alpha/q.png", "beta/q.png", "gamma/q.png"]
     assert [r["predicted"] for r in rows] == ["alpha", "beta", "gamma"]
+
+
+SHARED_OMNIGLOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "omniglot"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (SHARED_OMNIGLOT / "images_background_small1.zip").is_file(),
+    reason="the shared Omniglot small sets are not beside this checkout",
+)
+def test_predict_on_held_out_omniglot_characters(tmp_path):
+    """Meta-train briefly on the real small sets, then classify held-out (meta-test)
+    characters arranged in folders: 5 classes, 5 support and 5 query drawings each."""
+    import zipfile
+
+    from maml_tune.families.omniglot import Omniglot
+
+    cache = tmp_path / "cache"
+    family = Omniglot({"data_dir": str(SHARED_OMNIGLOT), "cache_dir": str(cache)})
+    characters = family.characters("test")[:5]
+    sources = {}
+    for archive in sorted(SHARED_OMNIGLOT.glob("images_background_small*.zip")):
+        with zipfile.ZipFile(archive) as zf:
+            for name in zf.namelist():
+                parts = name.split("/")
+                if len(parts) == 4 and parts[3].endswith(".png") and "/".join(parts[1:3]) in characters:
+                    sources.setdefault("/".join(parts[1:3]), []).append((archive, name))
+    for character in characters:
+        files = sorted(sources[character])[:10]
+        label = character.replace("/", "-")
+        for index, (archive, name) in enumerate(files):
+            folder = "support" if index < 5 else "query"
+            target = tmp_path / folder / label / f"{index}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(archive) as zf:
+                target.write_bytes(zf.read(name))
+    checkpoint = tmp_path / "ck"
+    trained = invoke(
+        "train", "--family", "omniglot", "--set", f"family.data_dir={SHARED_OMNIGLOT}",
+        "--set", f"family.cache_dir={cache}", "--set", "arch.channels=16", "--set", "train.meta_batch=4",
+        "--iterations", "60", "--set", "train.val_interval=60", "--set", "train.val_tasks=10",
+        "--set", "eval_tasks=10", "--device", "cpu", "--out", str(checkpoint),
+    )
+    assert trained.exit_code == 0, trained.output
+    result = invoke("predict", str(checkpoint), "--support", str(tmp_path / "support"),
+                    "--query", str(tmp_path / "query"), "--steps", "10", "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == 25
+    labels = {c.replace("/", "-") for c in characters}
+    assert all(row["predicted"] in labels and len(row["scores"]) == 5 for row in rows)
+    correct = sum(row["file"].split("/")[0] == row["predicted"] for row in rows)
+    assert correct >= 10, f"{correct}/25 correct; chance is 5/25"
