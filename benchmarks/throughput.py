@@ -227,13 +227,14 @@ def peak_memory_mb(
 ) -> float:
     """Peak memory of two meta-iterations of ``impl``, in a fresh process (RSS on CPU, allocator on GPU)."""
     code = (
-        "import sys; sys.argv = ['x']; import benchmarks.throughput as b, torch, resource;"
+        "import sys; sys.argv = ['x']; import benchmarks.throughput as b, torch;"
+        "from maml_tune.core.bench import peak_rss_mb;"
         f"d = torch.device({device!r}); w = b.dataclasses.replace(b.WORKLOADS[{workload.name!r}], "
         f"inner_steps={workload.inner_steps}, meta_batch={workload.meta_batch});"
         f"run = b.make_runner(b.{impl!r}, w, "
         f"{first_order}, d, {second_order_steps!r}); run(); run(); b.sync(d);"
         "print(torch.cuda.max_memory_allocated(d) / 2**20 if d.type == 'cuda' else "
-        "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        "peak_rss_mb())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])

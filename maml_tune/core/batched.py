@@ -6,6 +6,14 @@ channels), linear layers as one batched matmul, and the batch-statistics norm co
 its statistics per task. Gradients of the *sum* of per-task losses with respect to the
 stacked parameters are exactly the per-task gradients, so the ordinary inner loop
 (:func:`~maml_tune.core.inner.inner_trajectory`) adapts every task at once.
+
+Two rewrites make the conv net cheaper without changing the function it computes
+(benchmarks/RESULTS.md has the measurements): on CPU, images flow through the network
+in channels-last memory (oneDNN's convolutions and PyTorch's norm and max-pool kernels
+are several times faster there than in the default layout), and a ReLU (or leaky ReLU)
+followed by max-pooling runs after the pooling, on a quarter of the values. Both are
+monotone non-decreasing, so ``relu(max(x)) == max(relu(x))`` exactly, and the gradients
+agree too (the float64 tests check it).
 """
 
 from __future__ import annotations
@@ -49,13 +57,38 @@ def _norm(params: Params, prefix: str, module: BatchStatNorm, x: torch.Tensor) -
     return F.batch_norm(x, None, None, weight, bias, training=True, eps=module.eps)
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` copied into channels-last memory.
+
+    ``Tensor.contiguous(memory_format=...)`` cannot be used: with one channel (Omniglot's
+    images) the default strides already count as channels-last and nothing is copied, yet
+    the convolution would then pick the default layout for its output.
+    """
+    n, c, h, w = x.shape
+    out = torch.empty_strided(x.shape, (h * w * c, 1, w * c, c), dtype=x.dtype, device=x.device)
+    return out.copy_(x)
+
+
+def _pool_before_activation(layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """``layers`` with every ReLU or leaky ReLU that feeds a max-pool moved after it."""
+    ordered = list(layers)
+    for i in range(len(ordered) - 1):
+        activation, pool = ordered[i][1], ordered[i + 1][1]
+        monotone = isinstance(activation, nn.ReLU) or (
+            isinstance(activation, nn.LeakyReLU) and activation.negative_slope >= 0
+        )
+        if monotone and isinstance(pool, nn.MaxPool2d):
+            ordered[i], ordered[i + 1] = ordered[i + 1], ordered[i]
+    return ordered
+
+
 def make_batched_forward(net: nn.Module) -> Forward:
     """``forward(stacked_params, x)`` for inputs ``(T, N, *input_shape)`` → ``(T, N, outputs)``.
 
     Interprets the layers built by :mod:`maml_tune.core.nets` (it raises for any other
     module, so a new layer type cannot be silently mis-batched).
     """
-    layers = list(net.body.named_children())
+    layers = _pool_before_activation(list(net.body.named_children()))
     is_conv = isinstance(net, ConvNet)
 
     def forward(params: Params, x: torch.Tensor) -> torch.Tensor:
@@ -63,6 +96,8 @@ def make_batched_forward(net: nn.Module) -> Forward:
         if is_conv:
             # (T, N, C, H, W) → (N, T*C, H, W): tasks side by side in the channel dimension.
             h = x.transpose(0, 1).reshape(n, -1, *x.shape[3:])
+            if h.device.type == "cpu":  # measured on CPU only; CUDA keeps its default layout
+                h = _channels_last(h)
         else:
             h = x.flatten(2)
         for index, module in layers:
@@ -78,7 +113,7 @@ def make_batched_forward(net: nn.Module) -> Forward:
             else:
                 raise TypeError(f"no batched rule for layer {prefix} ({type(module).__name__})")
         if is_conv:
-            h = h.view(n, n_tasks, -1).transpose(0, 1)
+            h = h.reshape(n, n_tasks, -1).transpose(0, 1)
         return _linear(params, "head", h)
 
     return forward

@@ -46,7 +46,19 @@ class BenchResult:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB."""
+    """This process's peak resident memory so far, in MiB.
+
+    On Linux it reads ``VmHWM``: ``ru_maxrss`` survives ``fork`` and ``exec``, so a process
+    started by a bigger one (a benchmark measuring in a fresh subprocess, a search worker)
+    would report its parent's peak instead of its own.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
