@@ -21,7 +21,9 @@ from maml_tune.families.omniglot import Omniglot
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", required=True)
     parser.add_argument("--n-way", type=int, default=20)
     parser.add_argument("--meta-batch", type=int, default=16)

@@ -328,7 +328,9 @@ def meta_iteration_flops(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workloads", default="sinusoid-1step,sinusoid-5step,conv4-5way-1shot")
     parser.add_argument("--orders", default="second,first")
@@ -338,7 +340,8 @@ def main() -> None:
                         help="chunk size(s) for vmap/batched, comma-separated (each gets its own row)")
     parser.add_argument("--inner-steps", type=int, help="override every workload's inner steps")
     parser.add_argument("--meta-batch", type=int, help="override every workload's meta-batch")
-    parser.add_argument("--second-order-steps", type=int, help="engine: second order through the last N steps only")
+    parser.add_argument("--second-order-steps", type=int,
+                        help="engine: second order through the last N steps only")
     parser.add_argument("--checkpoint-inner", action="store_true", help="engine: checkpoint the inner steps")
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per workload and order")
     parser.add_argument("--windows", type=int, default=5)
@@ -391,7 +394,8 @@ def main() -> None:
                 )
                 row = {
                     "workload": workload, "order": order, "impl": impl.name, "strategy": impl.strategy,
-                    "task_chunk": impl.chunk, "precision": impl.precision, "checkpoint_inner": impl.checkpoint,
+                    "task_chunk": impl.chunk, "precision": impl.precision,
+                    "checkpoint_inner": impl.checkpoint,
                     "second_order_steps": None if is_reference else args.second_order_steps,
                     "inner_steps": w.inner_steps,
                     "auto": impl.strategy == chosen and impl.chunk == 0 and impl.precision == "fp32",
@@ -406,9 +410,13 @@ def main() -> None:
                     row["peak_name"], row["peak_tflops"] = peak
                     row["peak_share"] = row["tflops_per_sec"] / peak[1]
                 if args.memory and device.type == "cuda":
-                    row["peak_mb"] = peak_memory_cuda(impl, w, first_order, device, row["second_order_steps"])
+                    row["peak_mb"] = peak_memory_cuda(
+                        impl, w, first_order, device, row["second_order_steps"]
+                    )
                 elif args.memory:
-                    row["peak_mb"] = peak_memory_mb(impl, w, first_order, args.device, row["second_order_steps"])
+                    row["peak_mb"] = peak_memory_mb(
+                        impl, w, first_order, args.device, row["second_order_steps"]
+                    )
                 rows.append(row)
                 label = impl.name + (" (auto)" if row["auto"] else "")
                 memory = f"  {row['peak_mb']:8.0f}" if args.memory else ""

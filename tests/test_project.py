@@ -30,7 +30,8 @@ def _import_with_blocked(modules: list[str], blocked: set[str]) -> subprocess.Co
 def _package_modules(subpackage: str) -> list[str]:
     base = ROOT / "maml_tune" / subpackage
     return [
-        "maml_tune." + ".".join(p.relative_to(ROOT / "maml_tune").with_suffix("").parts).removesuffix(".__init__")
+        "maml_tune."
+        + ".".join(p.relative_to(ROOT / "maml_tune").with_suffix("").parts).removesuffix(".__init__")
         for p in sorted(base.rglob("*.py"))
     ]
 

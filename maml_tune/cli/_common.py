@@ -19,13 +19,16 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 DeviceOption = Annotated[
     str,
     typer.Option(
-        "--device", envvar="MAML_TUNE_DEVICE", help="auto, cpu, cuda or cuda:N (auto picks CUDA when present)."
+        "--device",
+        envvar="MAML_TUNE_DEVICE",
+        help="auto, cpu, cuda or cuda:N (auto picks CUDA when present).",
     ),
 ]
 SetOption = Annotated[
     list[str] | None,
     typer.Option(
-        "--set", help="Override a setting: KEY=VALUE, e.g. algo.inner_lr=0.05 or family.k_shot=5 (repeatable)."
+        "--set",
+        help="Override a setting: KEY=VALUE, e.g. algo.inner_lr=0.05 or family.k_shot=5 (repeatable).",
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print plain JSON on stdout.")]

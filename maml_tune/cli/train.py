@@ -87,22 +87,38 @@ def _results_table(title: str, result) -> Table:
             "accuracy", fmt(result.accuracy_before.mean, result.accuracy_before.ci95),
             fmt(result.accuracy_after.mean, result.accuracy_after.ci95),
         )
-    table.caption = f"{result.tasks} {result.split} tasks, {result.steps} inner steps, ± 95% interval"
+    steps = f"{result.steps} inner step{'' if result.steps == 1 else 's'}"
+    table.caption = f"{result.tasks} {result.split} tasks, {steps}, ± 95% interval"
     return table
 
 
 def train(
     ctx: typer.Context,
-    spec: Annotated[Path | None, typer.Argument(help="Study spec (TOML): its family and fixed settings.")] = None,
-    family: Annotated[str | None, typer.Option("--family", help="Task family (default: the spec's, else sinusoid).")] = None,
+    spec: Annotated[
+        Path | None, typer.Argument(help="Study spec (TOML): its family and fixed settings.")
+    ] = None,
+    family: Annotated[
+        str | None, typer.Option("--family", help="Task family (default: the spec's, else sinusoid).")
+    ] = None,
     sets: SetOption = None,
     iterations: Annotated[int | None, typer.Option("--iterations", min=0, help="Meta-iterations.")] = None,
     device: DeviceOption = "auto",
     seed: Annotated[int | None, typer.Option("--seed", help="Seed (weights, tasks).")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Checkpoint directory (default runs/FAMILY-TIME).")] = None,
-    from_study: Annotated[str | None, typer.Option("--from-study", help="Retrain a trial's configuration from this study.")] = None,
-    trial: Annotated[str, typer.Option("--trial", help="With --from-study: a trial number or best.")] = "best",
-    storage: Annotated[str | None, typer.Option("--storage", envvar="MAML_TUNE_STORAGE", help="Study database (with --from-study).")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Checkpoint directory (default runs/FAMILY-TIME).")
+    ] = None,
+    from_study: Annotated[
+        str | None, typer.Option("--from-study", help="Retrain a trial's configuration from this study.")
+    ] = None,
+    trial: Annotated[
+        str, typer.Option("--trial", help="With --from-study: a trial number or best.")
+    ] = "best",
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage", envvar="MAML_TUNE_STORAGE", help="Study database (with --from-study)."
+        ),
+    ] = None,
 ) -> None:
     """Meta-train one configuration and write its checkpoint directory."""
     from maml_tune.core.checkpoint import save_checkpoint
@@ -165,8 +181,15 @@ def evaluate_command(
     ctx: typer.Context,
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory written by train.")],
     tasks: Annotated[int, typer.Option("--tasks", min=1, help="Held-out test tasks.")] = 600,
-    steps: Annotated[int | None, typer.Option("--steps", min=0, help="Inner steps (default: the config's test-time steps).")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the test tasks (default: the config's).")] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps", min=0, help="Inner steps (default: the config's test-time steps)."
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of the test tasks (default: the config's).")
+    ] = None,
     device: DeviceOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
@@ -201,9 +224,21 @@ def bench(
     meta_batch: Annotated[int | None, typer.Option("--meta-batch", min=1)] = None,
     inner_steps: Annotated[int | None, typer.Option("--inner-steps", min=1)] = None,
     first_order: Annotated[bool, typer.Option("--first-order", help="First-order MAML.")] = False,
-    strategy: Annotated[str | None, typer.Option("--strategy", help="auto, vmap, loop or batched (default: the config's, auto).")] = None,
-    task_chunk: Annotated[int | None, typer.Option("--task-chunk", min=0, help="Tasks back-propagated at once by vmap/batched (0: all).")] = None,
-    precision: Annotated[str | None, typer.Option("--precision", help="fp32, bf16 or fp16 (autocast forward passes).")] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            "--strategy", help="auto, vmap, loop or batched (default: the config's, auto)."
+        ),
+    ] = None,
+    task_chunk: Annotated[
+        int | None,
+        typer.Option(
+            "--task-chunk", min=0, help="Tasks back-propagated at once by vmap/batched (0: all)."
+        ),
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option("--precision", help="fp32, bf16 or fp16 (autocast forward passes).")
+    ] = None,
     device: DeviceOption = "auto",
     seconds: Annotated[float, typer.Option("--seconds", min=0.1, help="Timed seconds after warm-up.")] = 5.0,
     as_json: JsonOption = False,

@@ -142,7 +142,7 @@ def adapt(
 ) -> Params:
     """The parameters after ``steps`` inner steps (``params`` itself when ``steps`` is 0)."""
     adapted = dict(params)
-    for adapted in inner_trajectory(
+    for adapted in inner_trajectory(  # noqa: B007 - keeps the last step's parameters, returned below
         forward, params, inner_lrs, support_x, support_y, loss_fn, steps, first_order
     ):
         pass

@@ -90,7 +90,7 @@ class TaskFamily(abc.ABC):
         per-task Python loop on the hot path). Must not mutate the family.
         """
 
-    def prepare(self, progress: ProgressCallback | None = None) -> None:
+    def prepare(self, progress: ProgressCallback | None = None) -> None:  # noqa: B027 - optional hook, no-op default
         """Load whatever the family needs (data sets, caches). Called once before sampling.
 
         Raises :class:`~maml_tune.errors.DataError` with what is expected where data is missing.

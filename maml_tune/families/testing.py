@@ -82,12 +82,16 @@ def check_shapes_and_dtypes(family: TaskFamily) -> None:
         if family.kind == "regression":
             for name, x, y in (("support", sx, sy), ("query", qx, qy)):
                 expected = (N_TASKS, x.shape[1], family.output_size)
-                assert tuple(y.shape) == expected, f"{where}: {name} targets must be {expected}, got {tuple(y.shape)}"
+                assert tuple(y.shape) == expected, (
+                    f"{where}: {name} targets must be {expected}, got {tuple(y.shape)}"
+                )
                 assert y.dtype == torch.float32, f"{where}: regression targets must be float32, got {y.dtype}"
         else:
             for name, x, y in (("support", sx, sy), ("query", qx, qy)):
                 expected = (N_TASKS, x.shape[1])
-                assert tuple(y.shape) == expected, f"{where}: {name} labels must be {expected}, got {tuple(y.shape)}"
+                assert tuple(y.shape) == expected, (
+                    f"{where}: {name} labels must be {expected}, got {tuple(y.shape)}"
+                )
                 assert y.dtype == torch.int64, f"{where}: labels must be int64, got {y.dtype}"
                 assert y.min() >= 0 and y.max() < family.output_size, (
                     f"{where}: labels must lie in [0, {family.output_size})"

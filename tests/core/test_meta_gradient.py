@@ -4,7 +4,8 @@ Each case builds a float64 :class:`MetaLearner`, lets ``accumulate_meta_gradient
 the ``.grad`` of its meta-parameters, and compares them with ``tests/core/reference.py``:
 an independent functional forward pass and a task-by-task ``torch.autograd.grad`` inner
 loop. Every execution strategy (``vmap``, ``loop``, ``batched``) is checked. Error measure
-(per meta-parameter tensor): ``max|g - g_ref| / max|g_ref|`` must be ≤ 1e-6; a tensor whose reference gradient is structurally zero (max|g_ref| ≤ 1e-12, e.g.
+(per meta-parameter tensor): ``max|g - g_ref| / max|g_ref|`` must be ≤ 1e-6; a tensor
+whose reference gradient is structurally zero (max|g_ref| ≤ 1e-12, e.g.
 the bias of a conv directly followed by the batch-statistics norm) must instead satisfy
 ``max|g| ≤ 1e-12``.
 """

@@ -20,7 +20,6 @@ from PIL import Image
 from maml_tune.core.tasks import split_generator
 from maml_tune.errors import ConfigError, DataError
 from maml_tune.families import omniglot
-from maml_tune.families.testing import TaskFamilyConformance
 from maml_tune.families.omniglot import (
     DATA_ENV,
     Omniglot,
@@ -28,6 +27,7 @@ from maml_tune.families.omniglot import (
     load_image_folder,
     preprocess_images,
 )
+from maml_tune.families.testing import TaskFamilyConformance
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "omniglot"
 CPU = torch.device("cpu")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from maml_tune.errors import ConfigError, FamilyError, PluginError
+from maml_tune.families.registry import LOCAL_MODULE_PREFIX, Registry, contract_problem
 
 BUILTINS = ["omniglot", "sinusoid"]
-from maml_tune.families.registry import LOCAL_MODULE_PREFIX, Registry, contract_problem
 
 GOOD = """
 from dataclasses import dataclass
