@@ -239,6 +239,9 @@ def test_new_skeleton_completes_a_two_trial_search(plugins_dir, tmp_path):
     result = invoke(
         "search", "--family", "quick", "--n-trials", "2", "--storage", f"sqlite:///{tmp_path / 's.db'}",
         "--checkpoints", str(tmp_path / "ck"), "--device", "cpu", "--pruner", "none",
+        # Seeded: the skeleton's space includes configurations (e.g. Meta-SGD at a high
+        # inner lr) that diverge and are pruned with a reason, as they should be.
+        "--seed", "0",
         "--set", "budget.iterations=10", "--set", "budget.val_interval=5",
         "--set", "budget.val_tasks=10", "--set", "budget.eval_tasks=10",
         "--json",
