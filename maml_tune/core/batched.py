@@ -64,7 +64,7 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
     images) the default strides already count as channels-last and nothing is copied, yet
     the convolution would then pick the default layout for its output.
     """
-    n, c, h, w = x.shape
+    _, c, h, w = x.shape
     out = torch.empty_strided(x.shape, (h * w * c, 1, w * c, c), dtype=x.dtype, device=x.device)
     return out.copy_(x)
 

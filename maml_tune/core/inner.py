@@ -6,7 +6,8 @@ Meta-training, validation, evaluation, prediction and every execution strategy c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
 import torch.utils.checkpoint
@@ -140,10 +141,14 @@ def adapt(
     steps: int,
     first_order: bool = False,
 ) -> Params:
-    """The parameters after ``steps`` inner steps (``params`` itself when ``steps`` is 0)."""
-    adapted = dict(params)
-    for adapted in inner_trajectory(  # noqa: B007 - keeps the last step's parameters, returned below
-        forward, params, inner_lrs, support_x, support_y, loss_fn, steps, first_order
-    ):
-        pass
-    return adapted
+    """The parameters after ``steps`` inner steps (a copy of ``params`` when ``steps`` is 0)."""
+    return final_params(
+        inner_trajectory(forward, params, inner_lrs, support_x, support_y, loss_fn, steps, first_order),
+        dict(params),
+    )
+
+
+def final_params(trajectory: Iterable[Params], params: Params) -> Params:
+    """Run ``trajectory`` to its end; its last parameters (``params`` when it has no step)."""
+    last = deque(trajectory, maxlen=1)
+    return last[0] if last else params

@@ -18,7 +18,7 @@ from torch.func import vmap
 
 from maml_tune.core.batched import make_batched_forward, per_task_loss, stack_params
 from maml_tune.core.config import AlgoConfig, ArchConfig
-from maml_tune.core.inner import LossFn, Params, adapt, inner_trajectory, make_forward
+from maml_tune.core.inner import LossFn, Params, adapt, final_params, inner_trajectory, make_forward
 from maml_tune.core.nets import HEAD_PREFIX, build_network
 from maml_tune.core.precision import autocast
 from maml_tune.core.tasks import TaskBatch
@@ -123,8 +123,7 @@ class MetaLearner(nn.Module):
             for name in names:
                 self.lrs.append(nn.Parameter(torch.full((1, *shapes[name]), algo.inner_lr)))
         elif algo.algorithm == "lslr":
-            for _name in names:
-                self.lrs.append(nn.Parameter(torch.full((algo.inner_steps,), algo.inner_lr)))
+            self.lrs.extend(nn.Parameter(torch.full((algo.inner_steps,), algo.inner_lr)) for _ in names)
         self.loss_fn = loss_function(kind)
         self.functional_forward = make_forward(self.net, dict(self.net.named_buffers()))
         self.batched_forward = make_batched_forward(self.net)
@@ -186,10 +185,7 @@ class MetaLearner(nn.Module):
             functional_grad=functional_grad,
         )
         if step_weights is None:
-            adapted = params
-            for adapted in trajectory:  # noqa: B007 - runs the inner loop, keeping the last step's parameters
-                pass
-            return query_loss(forward(adapted, query_x), query_y)
+            return query_loss(forward(final_params(trajectory, params), query_x), query_y)
         losses = [
             weight * query_loss(forward(adapted, query_x), query_y)
             for weight, adapted in zip(step_weights, trajectory, strict=True)

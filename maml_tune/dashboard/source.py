@@ -31,7 +31,7 @@ from typing import Any
 
 from maml_tune.errors import StorageError, StudyError
 from maml_tune.search.results import STUDY_ATTR
-from maml_tune.search.storage import _sqlite_path, mask_url, normalize_url, storage_url
+from maml_tune.search.storage import _sqlite_path, mask_url, normalize_url, storage_errors, storage_url
 
 UNFINISHED = ("RUNNING", "WAITING")
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -131,7 +131,6 @@ def _json(text: str | None) -> Any:
 def make_engine(url: str | None):
     """A read-only SQLAlchemy engine for the study database ``url`` (see :func:`storage_url`)."""
     import sqlalchemy
-    import sqlalchemy.exc
 
     url = normalize_url(storage_url(url))
     path = _sqlite_path(url)
@@ -142,14 +141,8 @@ def make_engine(url: str | None):
         kwargs = {"connect_args": {"timeout": READ_TIMEOUT_S}}
     else:
         kwargs = {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 2, "pool_recycle": 1800}
-    try:
+    with storage_errors(url, "read"):
         engine = sqlalchemy.create_engine(url, **kwargs)
-    except sqlalchemy.exc.ArgumentError as exc:
-        raise StorageError(f"invalid storage URL {mask_url(url)}: {str(exc).splitlines()[0]}") from None
-    except ImportError:
-        raise StorageError(
-            f"no database driver for {mask_url(url)} (install maml-tune[postgres] or maml-tune[mysql])"
-        ) from None
     if url.startswith("sqlite"):
 
         @sqlalchemy.event.listens_for(engine, "connect")
@@ -159,25 +152,6 @@ def make_engine(url: str | None):
             cursor.close()
 
     return engine
-
-
-def _wrap_db_errors(url: str):
-    """A context manager turning SQLAlchemy errors into :class:`StorageError` (password masked)."""
-    import contextlib
-
-    import sqlalchemy.exc
-
-    @contextlib.contextmanager
-    def guard():
-        try:
-            yield
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            raise StorageError(
-                f"cannot read study database {mask_url(url)}: {mask_url(first[0]) if first else exc}"
-            ) from None
-
-    return guard()
 
 
 def study_names(engine) -> list[str]:
@@ -206,7 +180,7 @@ def overview(url: str | None) -> list[dict[str, Any]]:
     trials_t, values_t = m.TrialModel.__table__, m.TrialValueModel.__table__
     attrs_t = m.StudyUserAttributeModel.__table__
     try:
-        with _wrap_db_errors(resolved), engine.connect() as conn:
+        with storage_errors(resolved, "read"), engine.connect() as conn:
             studies = {r.study_id: r.study_name for r in conn.execute(sa.select(studies_t))}
             directions: dict[int, list[str]] = {}
             for r in conn.execute(sa.select(dirs_t).order_by(dirs_t.c.study_id, dirs_t.c.objective)):
@@ -293,7 +267,7 @@ class SqlSource:
         return mask_url(self.url)
 
     def _guard(self):
-        return _wrap_db_errors(self.url)
+        return storage_errors(self.url, "read")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -363,30 +337,17 @@ class SqlSource:
         pending = [t.trial_id for t in self.trials.values() if not t.finished]
         stats = RefreshStats()
         with self._guard(), self.engine.connect() as conn:
-            where = trials_t.c.trial_id > self._watermark
-            rows = list(
-                conn.execute(
-                    sa.select(
-                        trials_t.c.trial_id,
-                        trials_t.c.number,
-                        trials_t.c.state,
-                        trials_t.c.datetime_start,
-                        trials_t.c.datetime_complete,
-                    ).where(trials_t.c.study_id == sid, where)
-                )
+            columns = sa.select(
+                trials_t.c.trial_id,
+                trials_t.c.number,
+                trials_t.c.state,
+                trials_t.c.datetime_start,
+                trials_t.c.datetime_complete,
             )
+            where = trials_t.c.trial_id > self._watermark
+            rows = list(conn.execute(columns.where(trials_t.c.study_id == sid, where)))
             for chunk in _chunks(pending):
-                rows.extend(
-                    conn.execute(
-                        sa.select(
-                            trials_t.c.trial_id,
-                            trials_t.c.number,
-                            trials_t.c.state,
-                            trials_t.c.datetime_start,
-                            trials_t.c.datetime_complete,
-                        ).where(trials_t.c.trial_id.in_(chunk))
-                    )
-                )
+                rows.extend(conn.execute(columns.where(trials_t.c.trial_id.in_(chunk))))
             if not rows:
                 stats.seconds = time.perf_counter() - started
                 self.last = stats
@@ -632,7 +593,7 @@ def open_source(url: str | None, study: str | None = None, *, fallback: bool = T
         engine.dispose()
         if fallback and _schema_mismatch(exc):
             return OptunaSource(url, study)
-        with _wrap_db_errors(resolved):
+        with storage_errors(resolved, "read"):
             raise
         raise  # pragma: no cover
 

@@ -9,11 +9,13 @@ URL with its password masked (:func:`mask_url`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
 import sqlite3
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +100,6 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True, create: bool
     database" error). Raises :class:`StorageError` (with the password masked).
     """
     import optuna
-    import sqlalchemy.exc
 
     url = normalize_url(storage_url(url))
     path = _sqlite_path(url)
@@ -115,9 +116,21 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True, create: bool
             heartbeat_stale_trial_callback=retry_callback(MAX_RETRY),
         )
     try:
-        with warnings.catch_warnings():
+        with storage_errors(url, "reach"), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return _storage_class()(url, **kwargs)
+    except RuntimeError as exc:  # schema version mismatch and the like
+        raise StorageError(f"cannot use study database {mask_url(url)}: {_first_line(exc)}") from None
+
+
+@contextlib.contextmanager
+def storage_errors(url: str, doing: str) -> Iterator[None]:
+    """Turn the SQLAlchemy and driver errors raised inside into a one-line :class:`StorageError`
+    (password masked): ``cannot {doing} study database URL: cause``."""
+    import sqlalchemy.exc
+
+    try:
+        yield
     except sqlalchemy.exc.ArgumentError as exc:
         raise StorageError(f"invalid storage URL {mask_url(url)}: {_first_line(exc)}") from None
     except ImportError:
@@ -125,11 +138,8 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True, create: bool
             f"no database driver for {mask_url(url)} (install maml-tune[postgres] or maml-tune[mysql])"
         ) from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise StorageError(
-            f"cannot reach study database {mask_url(url)}: {_first_line(exc.orig or exc)}"
-        ) from None
-    except RuntimeError as exc:  # schema version mismatch and the like
-        raise StorageError(f"cannot use study database {mask_url(url)}: {_first_line(exc)}") from None
+        cause = getattr(exc, "orig", None) or exc  # the driver's own message, when there is one
+        raise StorageError(f"cannot {doing} study database {mask_url(url)}: {_first_line(cause)}") from None
 
 
 _STORAGE_CLASS: type | None = None

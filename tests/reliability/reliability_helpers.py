@@ -139,24 +139,16 @@ def trial_rows(url: str, study: str) -> list[dict[str, Any]]:
                         {"i": trial_id},
                     ).all()
                 )
-                user = {
-                    k: json.loads(v)
-                    for k, v in c.execute(
-                        sqlalchemy.text(
-                            "SELECT key, value_json FROM trial_user_attributes WHERE trial_id = :i"
-                        ),
-                        {"i": trial_id},
-                    ).all()
-                }
-                system = {
-                    k: json.loads(v)
-                    for k, v in c.execute(
-                        sqlalchemy.text(
-                            "SELECT key, value_json FROM trial_system_attributes WHERE trial_id = :i"
-                        ),
-                        {"i": trial_id},
-                    ).all()
-                }
+                user, system = (
+                    {
+                        k: json.loads(v)
+                        for k, v in c.execute(
+                            sqlalchemy.text(f"SELECT key, value_json FROM {table} WHERE trial_id = :i"),
+                            {"i": trial_id},
+                        ).all()
+                    }
+                    for table in ("trial_user_attributes", "trial_system_attributes")
+                )
                 state_name = state.name if hasattr(state, "name") else str(state)
                 out.append(
                     {"number": number, "state": state_name, "params": params, "user": user, "system": system}
