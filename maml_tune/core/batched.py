@@ -14,6 +14,20 @@ are several times faster there than in the default layout), and a ReLU (or leaky
 followed by max-pooling runs after the pooling, on a quarter of the values. Both are
 monotone non-decreasing, so ``relu(max(x)) == max(relu(x))`` exactly, and the gradients
 agree too (the float64 tests check it).
+
+On CPU, each conv → batch-statistics norm → max-pool block also runs as one fused
+operation (:class:`_PooledBatchNorm`): the norm is applied after the pooling, to a
+quarter of the values, with the statistics of the unpooled activations. Normalising is
+an increasing map per channel when its scale is non-negative, so it commutes with max-
+pooling; a channel with a negative scale has its conv filter and scale negated first
+(``γ·norm(y) == (−γ)·norm(−y)``), which leaves the function unchanged. This saves the
+full-size normalised activation, its pooling and the norm's own backward kernels; the
+backward pass is written in ordinary differentiable operations, whose double backward
+(second-order MAML) is far cheaper than PyTorch's batch-norm double backward. The first
+block, whose input is data, goes further with one task per pass
+(:class:`_DataConvPooledBatchNorm`): its statistics and the dense part of its filter
+gradient come from the moments of the input patches, so the backward pass never forms
+the full-size gradient of the conv output.
 """
 
 from __future__ import annotations
@@ -57,6 +71,196 @@ def _norm(params: Params, prefix: str, module: BatchStatNorm, x: torch.Tensor) -
     return F.batch_norm(x, None, None, weight, bias, training=True, eps=module.eps)
 
 
+class _PooledBatchNorm(torch.autograd.Function):
+    """``max_pool(batch_norm(y))`` for a non-negative norm scale, normalising after pooling.
+
+    ``y``: ``(N, C, H, W)`` conv output; ``weight`` (≥ 0) and ``bias``: ``(C,)``. The
+    statistics are those of the whole of ``y``, as in the unfused norm.
+    """
+
+    @staticmethod
+    def forward(y, weight, bias, eps: float, pool: nn.MaxPool2d):
+        mean, var = torch.batch_norm_update_stats(y, None, None, 0.0)
+        pooled, indices = F.max_pool2d_with_indices(
+            y, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode
+        )
+        return _normalise(pooled, weight, bias, mean, var, eps), indices, pooled, mean, var
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        y, weight, _, eps, pool = inputs
+        _, indices, pooled, mean, var = output
+        ctx.save_for_backward(y, weight, indices, pooled, mean, var)
+        ctx.mark_non_differentiable(indices, pooled, mean, var)
+        ctx.set_materialize_grads(False)  # nothing flows into those outputs: no zero tensors
+        ctx.eps, ctx.pool = eps, pool
+
+    @staticmethod
+    def backward(ctx, grad_out, *_):
+        y, weight, indices, pooled, mean, var = ctx.saved_tensors
+        return *_pooled_norm_backward(ctx, grad_out, y, weight, indices, pooled, mean, var), None, None
+
+
+def _pooled_norm_backward(ctx, grad_out, y, weight, indices, pooled, mean, var):
+    """(grad of y, of the norm's weight, of its bias) for :class:`_PooledBatchNorm`."""
+    differentiable = torch.is_grad_enabled()
+    if differentiable:
+        # create_graph (second order): the statistics and pooled values are recomputed
+        # from y with differentiable ops, so the double backward sees their dependence on y.
+        mean = y.mean(dim=(0, 2, 3))
+        var = (y - _per_channel(mean)).square().mean(dim=(0, 2, 3))
+        pooled = y.flatten(2).gather(2, indices.flatten(2)).view_as(grad_out)
+    grad_pooled, grad_weight, grad_bias, slope, offset = _norm_backward(
+        grad_out, pooled, weight, mean, var, ctx.eps, y.numel() // y.shape[1], differentiable
+    )
+    grad_y = _unpool(grad_pooled, y, indices, ctx.pool)
+    if differentiable:
+        grad_y = grad_y + torch.addcmul(_per_channel(offset), y, _per_channel(slope))
+    else:
+        grad_y.addcmul_(y, _per_channel(slope)).add_(_per_channel(offset))
+    return grad_y, grad_weight, grad_bias
+
+
+class _DataConvPooledBatchNorm(torch.autograd.Function):
+    """``max_pool(batch_norm(conv(x)))`` for a first layer: ``x`` is data, one task per pass.
+
+    The dense part of the norm's backward pass (``slope·y + offset``) never touches the
+    full-size conv output: its contribution to the filters' gradient is a product with
+    the moments of the input patches, as are the norm's statistics themselves
+    (``mean = W·μ + b``, ``var = W·Σ·Wᵀ``). Only the pooled gradient is spread to full
+    size, and its filter gradient is one matrix product with the patches.
+    """
+
+    @staticmethod
+    def forward(x, filters, conv_bias, weight, bias, eps: float, conv: nn.Conv2d, pool: nn.MaxPool2d):
+        y = F.conv2d(x, filters, conv_bias, conv.stride, conv.padding, conv.dilation)
+        pooled, indices = F.max_pool2d_with_indices(
+            y, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode
+        )
+        patches = _patches(x, conv)
+        patch_mean = patches.mean(dim=0)
+        centred = patches - patch_mean
+        patch_cov = centred.t() @ centred / patches.shape[0]
+        flat = filters.flatten(1)
+        mean = flat @ patch_mean + conv_bias
+        var = ((flat @ patch_cov) * flat).sum(dim=1)
+        out = _normalise(pooled, weight, bias, mean, var, eps)
+        return out, y, indices, pooled, mean, var, patches, patch_mean, patch_cov
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, filters, conv_bias, weight, _, eps, conv, pool = inputs
+        _, *saved = output
+        ctx.save_for_backward(x, filters, conv_bias, weight, *saved)
+        ctx.mark_non_differentiable(*saved)
+        ctx.set_materialize_grads(False)
+        ctx.eps, ctx.conv, ctx.pool = eps, conv, pool
+
+    @staticmethod
+    def backward(ctx, grad_out, *_):
+        x, filters, conv_bias, weight, y, indices, pooled, mean, var, patches, patch_mean, patch_cov = (
+            ctx.saved_tensors
+        )
+        conv, count = ctx.conv, y.numel() // y.shape[1]
+        if torch.is_grad_enabled():
+            # create_graph (second order): the plain route, every step differentiable.
+            y = F.conv2d(x, filters, conv_bias, conv.stride, conv.padding, conv.dilation)
+            grad_y, grad_weight, grad_bias = _pooled_norm_backward(
+                ctx, grad_out, y, weight, indices, pooled, mean, var
+            )
+            _, grad_filters, grad_conv_bias = torch.ops.aten.convolution_backward(
+                grad_y, x, filters, [filters.shape[0]], list(conv.stride), list(conv.padding),
+                list(conv.dilation), False, [0, 0], 1, [False, True, True],
+            )
+            return None, grad_filters, grad_conv_bias, grad_weight, grad_bias, None, None, None
+        grad_pooled, grad_weight, grad_bias, slope, offset = _norm_backward(
+            grad_out, pooled, weight, mean, var, ctx.eps, count, differentiable=False
+        )
+        spread = _unpool(grad_pooled, y, indices, ctx.pool)
+        spread = spread.permute(0, 2, 3, 1).reshape(-1, spread.shape[1])  # (N·H·W, C), a view
+        flat = filters.flatten(1)
+        level = slope * mean + offset  # Σ over y of (slope·y + offset) is count·level per channel
+        grad_flat = (patches.t() @ spread).t() + count * (
+            slope[:, None] * (flat @ patch_cov) + level[:, None] * patch_mean
+        )
+        grad_conv_bias = spread.sum(dim=0) + count * level
+        return None, grad_flat.view_as(filters), grad_conv_bias, grad_weight, grad_bias, None, None, None
+
+
+def _normalise(pooled, weight, bias, mean, var, eps: float) -> torch.Tensor:
+    scale = weight * torch.rsqrt(var + eps)
+    return torch.addcmul(_per_channel(bias - mean * scale), pooled, _per_channel(scale))
+
+
+def _norm_backward(grad_out, pooled, weight, mean, var, eps: float, count: int, differentiable: bool):
+    """The batch norm's backward pass, given only the gradient at the pooled positions.
+
+    Returns the gradient of the pooled values (to scatter to their argmax positions),
+    of the norm's weight and bias, and the per-channel ``slope`` and ``offset`` of the
+    dense part of the gradient of ``y``: d/dy of batch_norm is
+    invstd·γ·(G − mean(G) − ŷ·mean(G·ŷ)) with ``G`` the scattered pooled gradient, and
+    both means are sums over the pooled values alone (``count`` is the number of values
+    per channel of ``y``).
+    """
+    invstd = torch.rsqrt(var + eps)
+    if differentiable:
+        normalised = (pooled - _per_channel(mean)) * _per_channel(invstd)
+        grad_bias = grad_out.sum(dim=(0, 2, 3))
+        grad_weight = (grad_out * normalised).sum(dim=(0, 2, 3))
+        grad_pooled = grad_out * _per_channel(weight * invstd)
+    else:  # one fused kernel: an eval-mode norm of the pooled values with these statistics
+        grad_pooled, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad_out, pooled, weight, mean, var, None, None, False, eps, [True, True, True]
+        )
+    slope = -weight * grad_weight * invstd.square() / count
+    offset = -weight * grad_bias * invstd / count - slope * mean
+    return grad_pooled, grad_weight, grad_bias, slope, offset
+
+
+def _unpool(grad_pooled: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, pool: nn.MaxPool2d):
+    """``grad_pooled`` placed at its argmax positions of ``y`` (zeros elsewhere)."""
+    return torch.ops.aten.max_pool2d_with_indices_backward(
+        grad_pooled, y, _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size),
+        _pair(pool.padding), _pair(pool.dilation), pool.ceil_mode, indices,
+    )
+
+
+def _patches(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """The conv's input patches of ``x`` as rows: ``(N·H_out·W_out, C_in·k·k)``."""
+    cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def _pair(v) -> list[int]:
+    return list(v) if isinstance(v, (tuple, list)) else [v, v]
+
+
+def _per_channel(v: torch.Tensor) -> torch.Tensor:
+    return v.view(1, -1, 1, 1)
+
+
+def _conv_norm_pool(
+    params: Params, conv: tuple[str, nn.Conv2d], norm: tuple[str, BatchStatNorm],
+    pool: nn.MaxPool2d, x: torch.Tensor, n_tasks: int,
+) -> torch.Tensor:
+    """``pool(norm(conv(x)))``, fused; negative norm scales are folded into the conv's filters."""
+    (conv_prefix, conv_module), (norm_prefix, norm_module) = conv, norm
+    weight = params[f"{norm_prefix}.weight"].reshape(-1)
+    filters = params[f"{conv_prefix}.weight"].flatten(0, 1)  # (T*C_out, C_in, k, k)
+    conv_bias = params[f"{conv_prefix}.bias"].reshape(-1)
+    negative = weight.detach() < 0
+    if negative.any():
+        sign = torch.where(negative, -1.0, 1.0).to(weight.dtype)
+        filters, conv_bias, weight = filters * sign.view(-1, 1, 1, 1), conv_bias * sign, weight * sign
+    bias = params[f"{norm_prefix}.bias"].reshape(-1)
+    if n_tasks == 1 and not x.requires_grad:
+        return _DataConvPooledBatchNorm.apply(
+            x, filters, conv_bias, weight, bias, norm_module.eps, conv_module, pool
+        )[0]
+    y = F.conv2d(x, filters, conv_bias, conv_module.stride, conv_module.padding, groups=n_tasks)
+    return _PooledBatchNorm.apply(y, weight, bias, norm_module.eps, pool)[0]
+
+
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
     """``x`` copied into channels-last memory.
 
@@ -82,36 +286,70 @@ def _pool_before_activation(layers: list[tuple[str, nn.Module]]) -> list[tuple[s
     return ordered
 
 
+Layer = Callable[[Params, torch.Tensor, int], torch.Tensor]
+
+
+def _layer(prefix: str, module: nn.Module) -> Layer:
+    """One layer as ``layer(stacked_params, h, n_tasks)``."""
+    if isinstance(module, nn.Linear):
+        return lambda params, h, n_tasks: _linear(params, prefix, h)
+    if isinstance(module, nn.Conv2d):
+        return lambda params, h, n_tasks: _conv(params, prefix, module, h, n_tasks)
+    if isinstance(module, BatchStatNorm):
+        return lambda params, h, n_tasks: _norm(params, prefix, module, h)
+    if isinstance(module, (nn.ReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.MaxPool2d)):
+        return lambda params, h, n_tasks: module(h)
+    raise TypeError(f"no batched rule for layer {prefix} ({type(module).__name__})")
+
+
+def _plan(layers: list[tuple[str, nn.Module]], fuse: bool) -> list[Layer]:
+    """The layers as batched steps; with ``fuse``, each conv → norm → max-pool as one step."""
+    steps, i = [], 0
+    while i < len(layers):
+        (prefix, module), block = layers[i], [m for _, m in layers[i:i + 3]]
+        if fuse and len(block) == 3 and isinstance(block[0], nn.Conv2d) and isinstance(
+            block[1], BatchStatNorm
+        ) and isinstance(block[2], nn.MaxPool2d):
+            conv, norm, pool = layers[i], layers[i + 1], block[2]
+            steps.append(
+                lambda params, h, n_tasks, conv=conv, norm=norm, pool=pool: _conv_norm_pool(
+                    params, conv, norm, pool, h, n_tasks
+                )
+            )
+            i += 3
+        else:
+            steps.append(_layer(prefix, module))
+            i += 1
+    return steps
+
+
 def make_batched_forward(net: nn.Module) -> Forward:
     """``forward(stacked_params, x)`` for inputs ``(T, N, *input_shape)`` → ``(T, N, outputs)``.
 
     Interprets the layers built by :mod:`maml_tune.core.nets` (it raises for any other
     module, so a new layer type cannot be silently mis-batched).
     """
-    layers = _pool_before_activation(list(net.body.named_children()))
+    layers = [(f"body.{index}", module) for index, module in net.body.named_children()]
+    layers = _pool_before_activation(layers)
+    plain, fused = _plan(layers, fuse=False), _plan(layers, fuse=True)
     is_conv = isinstance(net, ConvNet)
 
     def forward(params: Params, x: torch.Tensor) -> torch.Tensor:
         n_tasks, n = x.shape[0], x.shape[1]
+        steps = plain
         if is_conv:
             # (T, N, C, H, W) → (N, T*C, H, W): tasks side by side in the channel dimension.
             h = x.transpose(0, 1).reshape(n, -1, *x.shape[3:])
-            if h.device.type == "cpu":  # measured on CPU only; CUDA keeps its default layout
+            # Measured on CPU only; CUDA keeps its default layout and PyTorch's own kernels,
+            # as does reduced precision (the fused norm keeps its statistics in the input dtype).
+            if h.device.type == "cpu":
                 h = _channels_last(h)
+                if not torch.is_autocast_enabled("cpu"):
+                    steps = fused
         else:
             h = x.flatten(2)
-        for index, module in layers:
-            prefix = f"body.{index}"
-            if isinstance(module, nn.Linear):
-                h = _linear(params, prefix, h)
-            elif isinstance(module, nn.Conv2d):
-                h = _conv(params, prefix, module, h, n_tasks)
-            elif isinstance(module, BatchStatNorm):
-                h = _norm(params, prefix, module, h)
-            elif isinstance(module, (nn.ReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.MaxPool2d)):
-                h = module(h)
-            else:
-                raise TypeError(f"no batched rule for layer {prefix} ({type(module).__name__})")
+        for step in steps:
+            h = step(params, h, n_tasks)
         if is_conv:
             h = h.reshape(n, n_tasks, -1).transpose(0, 1)
         return _linear(params, "head", h)

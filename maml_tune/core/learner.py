@@ -75,7 +75,7 @@ def explain_strategy(
         )
     return "batched", (
         f"auto: conv on {where}: batched, one task per pass, channels-last with fused "
-        "batch-statistics norm (measured fastest at no more than the per-task loop's memory; "
+        "conv-norm-pool blocks (measured fastest at less than the per-task loop's memory; "
         "vmap is slower and memory-hungry)"
     )
 

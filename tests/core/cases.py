@@ -15,6 +15,7 @@ import torch
 
 from maml_tune.core.config import AlgoConfig, ArchConfig
 from maml_tune.core.learner import MetaLearner
+from maml_tune.core.nets import BatchStatNorm
 from maml_tune.core.tasks import TaskBatch
 
 
@@ -107,7 +108,8 @@ CASES = {
     ),
 }
 
-STRATEGIES = ("vmap", "loop", "batched")
+# "batched/c1": one task per pass, as the engine runs conv nets on CPU (its own code path).
+STRATEGIES = ("vmap", "loop", "batched", "batched/c1")
 
 
 def supports(case: str, strategy: str) -> bool:
@@ -163,7 +165,19 @@ def make_learner(
     with torch.no_grad():
         for lr in learner.lrs:
             lr.mul_(0.5 + torch.rand(lr.shape, generator=g, dtype=lr.dtype))
+    sign_norm_scales(learner.net, g)
     return learner.to(device)
+
+
+def sign_norm_scales(net: torch.nn.Module, generator: torch.Generator) -> None:
+    """Norm scales of both signs and non-zero shifts instead of the initial ones and zeros:
+    the engine treats a channel with a negative scale differently (core/batched.py)."""
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, BatchStatNorm):
+                weight, bias = module.weight, module.bias
+                weight.copy_(torch.rand(weight.shape, generator=generator, dtype=weight.dtype) * 3 - 1.5)
+                bias.copy_(torch.randn(bias.shape, generator=generator, dtype=bias.dtype))
 
 
 def relative_errors(got: dict, want: dict) -> dict[str, float]:

@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from maml_tune.core.config import AlgoConfig
+from maml_tune.core.batched import make_batched_forward, stack_params
+from maml_tune.core.config import AlgoConfig, ArchConfig
 from maml_tune.core.learner import MetaLearner
+from maml_tune.core.nets import build_network
 from maml_tune.errors import ConfigError
 
 
@@ -66,7 +68,8 @@ def engine_gradients(problem: str, case: str, strategy: str) -> dict[str, torch.
     learner = make_learner(problem, case)
     _, step_weights = CASES[case]
     learner.zero_grad(set_to_none=True)
-    learner.accumulate_meta_gradient(make_batch(problem), strategy, step_weights)
+    strategy, _, chunk = strategy.partition("/c")
+    learner.accumulate_meta_gradient(make_batch(problem), strategy, step_weights, task_chunk=int(chunk or 0))
     out = {}
     for name, p in learner.net.named_parameters():
         out[name] = torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
@@ -298,3 +301,51 @@ def test_checkpointed_inner_steps_do_not_change_evaluation(strategy):
     batch = make_batch("conv")
     a, b = plain.outcome(batch, 3, strategy), checkpointed.outcome(batch, 3, strategy)
     torch.testing.assert_close(a.loss_after, b.loss_after, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        ArchConfig(kind="conv", blocks=3, channels=5, activation="relu"),
+        ArchConfig(kind="conv", blocks=2, channels=5, activation="leaky_relu"),
+    ],
+    ids=["relu", "leaky-relu"],
+)
+@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("n_tasks", [1, 2], ids=["one-task", "two-tasks"])
+def test_fused_blocks_have_the_modules_first_and_second_derivatives(arch, in_channels, n_tasks):
+    """The batched forward's fused conv → norm → pool blocks (the first layer's own route with
+    one task per pass, the general one otherwise) compute the module's function and its first
+    and second derivatives: odd sizes (partial pooling windows), norm scales of both signs."""
+    torch.manual_seed(0)
+    shape = (in_channels, 11, 11)
+    net = build_network(arch, shape, 4).double()
+    cases.sign_norm_scales(net, torch.Generator().manual_seed(1))
+    names = [name for name, _ in net.named_parameters()]
+    x = torch.randn(n_tasks, 6, *shape, dtype=torch.float64)
+    r = torch.randn(n_tasks, 6, 4, dtype=torch.float64)
+    forward = make_batched_forward(net)
+
+    def first_and_second(run):
+        params = {name: p.detach().clone().requires_grad_() for name, p in net.named_parameters()}
+        # First derivatives twice: a plain backward pass and a create_graph one take different routes.
+        plain_grads = torch.autograd.grad((run(params) * r).sum(), list(params.values()))
+        loss = (run(params) * r).sum()
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+        curvature = torch.autograd.grad(
+            sum((g * g).sum() for g in grads), list(params.values()), materialize_grads=True
+        )
+        return list(plain_grads), [g.detach() for g in grads], list(curvature)
+
+    with torch.no_grad():
+        torch.testing.assert_close(
+            forward(stack_params(dict(net.named_parameters()), n_tasks), x),
+            torch.stack([net(task) for task in x]), rtol=1e-12, atol=1e-12,
+        )
+    batched = first_and_second(lambda params: forward(stack_params(params, n_tasks), x))
+    plain = first_and_second(
+        lambda params: torch.stack([torch.func.functional_call(net, params, (task,)) for task in x])
+    )
+    for got, want in zip(batched, plain, strict=True):
+        for name, g, w in zip(names, got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11, msg=name)
