@@ -212,8 +212,9 @@ def _norm_backward(grad_out, pooled, weight, mean, var, eps: float, count: int, 
         grad_pooled, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
             grad_out, pooled, weight, mean, var, None, None, False, eps, [True, True, True]
         )
-    slope = -weight * grad_weight * invstd.square() / count
-    offset = -weight * grad_bias * invstd / count - slope * mean
+    shrink = weight * invstd * (-1.0 / count)
+    slope = shrink * invstd * grad_weight
+    offset = shrink * grad_bias - slope * mean
     return grad_pooled, grad_weight, grad_bias, slope, offset
 
 
