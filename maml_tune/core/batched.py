@@ -145,7 +145,7 @@ class _DataConvPooledBatchNorm(torch.autograd.Function):
         mean = flat @ patch_mean + conv_bias
         var = ((flat @ patch_cov) * flat).sum(dim=1)
         out = _normalise(pooled, weight, bias, mean, var, eps)
-        return out, y, indices, pooled, mean, var, patches, patch_mean, patch_cov
+        return out, indices, pooled, mean, var, patches, patch_mean, patch_cov
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -158,10 +158,10 @@ class _DataConvPooledBatchNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, *_):
-        x, filters, conv_bias, weight, y, indices, pooled, mean, var, patches, patch_mean, patch_cov = (
+        x, filters, conv_bias, weight, indices, pooled, mean, var, patches, patch_mean, patch_cov = (
             ctx.saved_tensors
         )
-        conv, count = ctx.conv, y.numel() // y.shape[1]
+        conv, count = ctx.conv, patches.shape[0]  # values per channel of the conv output
         if torch.is_grad_enabled():
             # create_graph (second order): the plain route, every step differentiable.
             y = F.conv2d(x, filters, conv_bias, conv.stride, conv.padding, conv.dilation)
@@ -176,7 +176,10 @@ class _DataConvPooledBatchNorm(torch.autograd.Function):
         grad_pooled, grad_weight, grad_bias, slope, offset = _norm_backward(
             grad_out, pooled, weight, mean, var, ctx.eps, count, differentiable=False
         )
-        spread = _unpool(grad_pooled, y, indices, ctx.pool)
+        # The pooling windows do not overlap (see _conv_norm_pool), so unpooling places each
+        # value once; the conv output itself was not kept.
+        size = _conv_output_size(x, conv)
+        spread = F.max_unpool2d(grad_pooled, indices, ctx.pool.kernel_size, ctx.pool.stride, 0, size)
         spread = spread.permute(0, 2, 3, 1).reshape(-1, spread.shape[1])  # (N·H·W, C), a view
         flat = filters.flatten(1)
         level = slope * mean + offset  # Σ over y of (slope·y + offset) is count·level per channel
@@ -232,6 +235,15 @@ def _patches(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
+def _conv_output_size(x: torch.Tensor, conv: nn.Conv2d) -> tuple[int, int]:
+    return tuple(
+        (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+        for size, pad, dil, k, stride in zip(
+            x.shape[-2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride, strict=True
+        )
+    )
+
+
 def _pair(v) -> list[int]:
     return list(v) if isinstance(v, (tuple, list)) else [v, v]
 
@@ -254,12 +266,23 @@ def _conv_norm_pool(
         sign = torch.where(negative, -1.0, 1.0).to(weight.dtype)
         filters, conv_bias, weight = filters * sign.view(-1, 1, 1, 1), conv_bias * sign, weight * sign
     bias = params[f"{norm_prefix}.bias"].reshape(-1)
-    if n_tasks == 1 and not x.requires_grad:
+    if n_tasks == 1 and not x.requires_grad and _patch_route_pays(filters, conv_module, pool):
         return _DataConvPooledBatchNorm.apply(
             x, filters, conv_bias, weight, bias, norm_module.eps, conv_module, pool
         )[0]
     y = F.conv2d(x, filters, conv_bias, conv_module.stride, conv_module.padding, groups=n_tasks)
     return _PooledBatchNorm.apply(y, weight, bias, norm_module.eps, pool)[0]
+
+
+def _patch_route_pays(filters: torch.Tensor, conv: nn.Conv2d, pool: nn.MaxPool2d) -> bool:
+    """Whether :class:`_DataConvPooledBatchNorm` applies and saves memory: its patch matrix
+    (kept instead of the conv output) is no larger than that output, and the pooling
+    windows tile without overlap, so unpooling needs no conv output to size it."""
+    kernel = _pair(pool.kernel_size)
+    tiles = _pair(pool.stride or pool.kernel_size) == kernel and _pair(pool.padding) == [0, 0] and _pair(
+        pool.dilation
+    ) == [1, 1]
+    return tiles and filters[0].numel() <= filters.shape[0] and not isinstance(conv.padding, str)
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:

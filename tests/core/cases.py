@@ -51,8 +51,9 @@ PROBLEMS = {
         "inner_lr": 0.1,
     },
     # 2 × (conv → batch-stat norm → relu → pool) on 1×8×8; 3-way, 2 shots, 2 queries/class.
+    # 9 channels: the first block takes its patch route (core/batched.py) one task per pass.
     "conv": {
-        "arch": ArchConfig(kind="conv", blocks=2, channels=4),
+        "arch": ArchConfig(kind="conv", blocks=2, channels=9),
         "input_shape": (1, 8, 8),
         "output_size": 3,
         "kind": "classification",

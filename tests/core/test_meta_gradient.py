@@ -306,8 +306,8 @@ def test_checkpointed_inner_steps_do_not_change_evaluation(strategy):
 @pytest.mark.parametrize(
     "arch",
     [
-        ArchConfig(kind="conv", blocks=3, channels=5, activation="relu"),
-        ArchConfig(kind="conv", blocks=2, channels=5, activation="leaky_relu"),
+        ArchConfig(kind="conv", blocks=3, channels=9, activation="relu"),
+        ArchConfig(kind="conv", blocks=2, channels=9, activation="leaky_relu"),
     ],
     ids=["relu", "leaky-relu"],
 )
