@@ -51,7 +51,7 @@ def engine_gradients(problem: str, case: str, strategy: str, device: torch.devic
     learner = cases.make_learner(problem, case, device=device)
     _, step_weights = cases.CASES[case]
     learner.zero_grad(set_to_none=True)
-    learner.accumulate_meta_gradient(cases.make_batch(problem, device=device), strategy, step_weights)
+    cases.accumulate(learner, cases.make_batch(problem, device=device), strategy, step_weights)
     out = {name: (torch.zeros_like(p) if p.grad is None else p.grad).detach().cpu()
            for name, p in learner.net.named_parameters()}
     for name, lr in zip(learner.adapted_names, learner.lrs):

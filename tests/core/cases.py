@@ -113,6 +113,12 @@ CASES = {
 STRATEGIES = ("vmap", "loop", "batched", "batched/c1")
 
 
+def accumulate(learner: MetaLearner, batch: TaskBatch, strategy: str, step_weights=None) -> torch.Tensor:
+    """``learner.accumulate_meta_gradient`` under a strategy spelled as in :data:`STRATEGIES`."""
+    name, _, chunk = strategy.partition("/c")
+    return learner.accumulate_meta_gradient(batch, name, step_weights, task_chunk=int(chunk or 0))
+
+
 def supports(case: str, strategy: str) -> bool:
     """``checkpoint_inner`` is refused under ``vmap`` (a ConfigError, tested separately)."""
     return not (strategy == "vmap" and CASES[case][0].get("checkpoint_inner", False))

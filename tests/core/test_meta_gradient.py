@@ -68,8 +68,7 @@ def engine_gradients(problem: str, case: str, strategy: str) -> dict[str, torch.
     learner = make_learner(problem, case)
     _, step_weights = CASES[case]
     learner.zero_grad(set_to_none=True)
-    strategy, _, chunk = strategy.partition("/c")
-    learner.accumulate_meta_gradient(make_batch(problem), strategy, step_weights, task_chunk=int(chunk or 0))
+    cases.accumulate(learner, make_batch(problem), strategy, step_weights)
     out = {}
     for name, p in learner.net.named_parameters():
         out[name] = torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
