@@ -224,7 +224,7 @@ def _norm_backward(grad_out, pooled, weight, mean, var, eps: float, count: int, 
 def _unpool(grad_pooled: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, pool: nn.MaxPool2d):
     """``grad_pooled`` placed at its argmax positions of ``y`` (zeros elsewhere)."""
     return torch.ops.aten.max_pool2d_with_indices_backward(
-        grad_pooled, y, _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size),
+        grad_pooled, y, _pair(pool.kernel_size), _pair(pool.stride),
         _pair(pool.padding), _pair(pool.dilation), pool.ceil_mode, indices,
     )
 
@@ -254,9 +254,13 @@ def _per_channel(v: torch.Tensor) -> torch.Tensor:
 
 def _conv_norm_pool(
     params: Params, conv: tuple[str, nn.Conv2d], norm: tuple[str, BatchStatNorm],
-    pool: nn.MaxPool2d, x: torch.Tensor, n_tasks: int,
+    pool: nn.MaxPool2d, patch_route: bool, x: torch.Tensor, n_tasks: int,
 ) -> torch.Tensor:
-    """``pool(norm(conv(x)))``, fused; negative norm scales are folded into the conv's filters."""
+    """``pool(norm(conv(x)))``, fused; negative norm scales are folded into the conv's filters.
+
+    ``patch_route``: :class:`_DataConvPooledBatchNorm` pays for this block (see
+    :func:`_patch_route_pays`); it is taken when ``x`` is data and one task runs per pass.
+    """
     (conv_prefix, conv_module), (norm_prefix, norm_module) = conv, norm
     weight = params[f"{norm_prefix}.weight"].reshape(-1)
     filters = params[f"{conv_prefix}.weight"].flatten(0, 1)  # (T*C_out, C_in, k, k)
@@ -266,7 +270,7 @@ def _conv_norm_pool(
         sign = torch.where(negative, -1.0, 1.0).to(weight.dtype)
         filters, conv_bias, weight = filters * sign.view(-1, 1, 1, 1), conv_bias * sign, weight * sign
     bias = params[f"{norm_prefix}.bias"].reshape(-1)
-    if n_tasks == 1 and not x.requires_grad and _patch_route_pays(filters, conv_module, pool):
+    if patch_route and n_tasks == 1 and not x.requires_grad:
         return _DataConvPooledBatchNorm.apply(
             x, filters, conv_bias, weight, bias, norm_module.eps, conv_module, pool
         )[0]
@@ -274,15 +278,13 @@ def _conv_norm_pool(
     return _PooledBatchNorm.apply(y, weight, bias, norm_module.eps, pool)[0]
 
 
-def _patch_route_pays(filters: torch.Tensor, conv: nn.Conv2d, pool: nn.MaxPool2d) -> bool:
+def _patch_route_pays(conv: nn.Conv2d, pool: nn.MaxPool2d) -> bool:
     """Whether :class:`_DataConvPooledBatchNorm` applies and saves memory: its patch matrix
     (kept instead of the conv output) is no larger than that output, and the pooling
     windows tile without overlap, so unpooling needs no conv output to size it."""
-    kernel = _pair(pool.kernel_size)
-    tiles = _pair(pool.stride or pool.kernel_size) == kernel and _pair(pool.padding) == [0, 0] and _pair(
-        pool.dilation
-    ) == [1, 1]
-    return tiles and filters[0].numel() <= filters.shape[0] and not isinstance(conv.padding, str)
+    tiles = _pair(pool.stride) == _pair(pool.kernel_size) and _pair(pool.padding) == [0, 0]
+    small = conv.weight[0].numel() <= conv.out_channels and not isinstance(conv.padding, str)
+    return tiles and _pair(pool.dilation) == [1, 1] and small
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -330,19 +332,18 @@ def _plan(layers: list[tuple[str, nn.Module]], fuse: bool) -> list[Layer]:
     """The layers as batched steps; with ``fuse``, each conv → norm → max-pool as one step."""
     steps, i = [], 0
     while i < len(layers):
-        (prefix, module), block = layers[i], [m for _, m in layers[i:i + 3]]
-        if fuse and len(block) == 3 and isinstance(block[0], nn.Conv2d) and isinstance(
-            block[1], BatchStatNorm
-        ) and isinstance(block[2], nn.MaxPool2d):
-            conv, norm, pool = layers[i], layers[i + 1], block[2]
+        modules = [module for _, module in layers[i:i + 3]]
+        kinds = (nn.Conv2d, BatchStatNorm, nn.MaxPool2d)
+        if fuse and len(modules) == 3 and all(map(isinstance, modules, kinds)):
+            conv, norm, pool = layers[i], layers[i + 1], modules[2]
+            patch_route = _patch_route_pays(conv[1], pool)
             steps.append(
-                lambda params, h, n_tasks, conv=conv, norm=norm, pool=pool: _conv_norm_pool(
-                    params, conv, norm, pool, h, n_tasks
-                )
+                lambda params, h, n_tasks, conv=conv, norm=norm, pool=pool, patch_route=patch_route:
+                _conv_norm_pool(params, conv, norm, pool, patch_route, h, n_tasks)
             )
             i += 3
         else:
-            steps.append(_layer(prefix, module))
+            steps.append(_layer(*layers[i]))
             i += 1
     return steps
 

@@ -42,3 +42,20 @@ def test_channels_last_copy_makes_the_conv_output_channels_last_even_with_one_ch
     out = F.conv2d(_channels_last(x), filters)
     assert out.stride(1) == 1 and out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(_channels_last(x), x)
+
+
+def test_the_batched_conv_forward_runs_channels_last_on_cpu(monkeypatch):
+    convolve, outputs = F.conv2d, []
+
+    def recording(*args, **kwargs):
+        out = convolve(*args, **kwargs)
+        outputs.append(out)
+        return out
+
+    net = build_network(ArchConfig(kind="conv", blocks=2, channels=8), (1, 12, 12), 5)
+    forward = make_batched_forward(net)
+    monkeypatch.setattr(F, "conv2d", recording)
+    for n_tasks in (1, 2):  # the first block's patch route and the general one
+        forward(stack_params(dict(net.named_parameters()), n_tasks), torch.rand(n_tasks, 4, 1, 12, 12))
+    assert len(outputs) == 4
+    assert all(h.stride(1) == 1 and h.is_contiguous(memory_format=torch.channels_last) for h in outputs)
