@@ -32,6 +32,7 @@ the full-size gradient of the conv output.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maml_tune.core.inner import Forward, Params
-from maml_tune.core.nets import BatchStatNorm, ConvNet
+from maml_tune.core.nets import BatchStatNorm, ConvNet, batch_stat_norm
 
 
 def stack_params(params: Params, n_tasks: int) -> Params:
@@ -62,12 +63,18 @@ def _conv(params: Params, prefix: str, module: nn.Conv2d, x: torch.Tensor, n_tas
     )
 
 
-def _norm(params: Params, prefix: str, module: BatchStatNorm, x: torch.Tensor) -> torch.Tensor:
+def _norm(
+    params: Params, prefix: str, module: BatchStatNorm, x: torch.Tensor, stat_rows: int | None
+) -> torch.Tensor:
     # Channels of (N, T*C, H, W) are per-task, so batch statistics over (N, H, W) are each
-    # task's own. Outside vmap the fused kernel's double backward is exact (tested against
-    # the float64 reference) and saves far less memory than the mean/var formulation.
+    # task's own. On CUDA (default layout) the fused kernel's double backward is exact
+    # outside vmap (tested against the float64 reference) and saves far more memory than
+    # the var_mean formulation; on CPU tensors are channels-last, where its statistics
+    # are not accurate in float32.
     weight = params[f"{prefix}.weight"].reshape(-1)
     bias = params[f"{prefix}.bias"].reshape(-1)
+    if x.device.type == "cpu" or stat_rows is not None:
+        return batch_stat_norm(x, weight, bias, module.eps, stat_rows)
     return F.batch_norm(x, None, None, weight, bias, training=True, eps=module.eps)
 
 
@@ -75,12 +82,13 @@ class _PooledBatchNorm(torch.autograd.Function):
     """``max_pool(batch_norm(y))`` for a non-negative norm scale, normalising after pooling.
 
     ``y``: ``(N, C, H, W)`` conv output; ``weight`` (≥ 0) and ``bias``: ``(C,)``. The
-    statistics are those of the whole of ``y``, as in the unfused norm.
+    statistics are those of the first ``stat_rows`` examples of ``y`` (``None``: all), as
+    in the unfused norm.
     """
 
     @staticmethod
-    def forward(y, weight, bias, eps: float, pool: nn.MaxPool2d):
-        mean, var = torch.batch_norm_update_stats(y, None, None, 0.0)
+    def forward(y, weight, bias, eps: float, pool: nn.MaxPool2d, stat_rows: int | None):
+        var, mean = _statistics(y[:stat_rows])
         pooled, indices = F.max_pool2d_with_indices(
             y, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode
         )
@@ -88,36 +96,44 @@ class _PooledBatchNorm(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        y, weight, _, eps, pool = inputs
+        y, weight, _, eps, pool, stat_rows = inputs
         _, indices, pooled, mean, var = output
         ctx.save_for_backward(y, weight, indices, pooled, mean, var)
         ctx.mark_non_differentiable(indices, pooled, mean, var)
         ctx.set_materialize_grads(False)  # nothing flows into those outputs: no zero tensors
-        ctx.eps, ctx.pool = eps, pool
+        ctx.eps, ctx.pool, ctx.stat_rows = eps, pool, stat_rows
 
     @staticmethod
     def backward(ctx, grad_out, *_):
         y, weight, indices, pooled, mean, var = ctx.saved_tensors
-        return *_pooled_norm_backward(ctx, grad_out, y, weight, indices, pooled, mean, var), None, None
+        grads = _pooled_norm_backward(ctx, grad_out, y, weight, indices, pooled, mean, var)
+        return *grads, None, None, None
 
 
 def _pooled_norm_backward(ctx, grad_out, y, weight, indices, pooled, mean, var):
-    """(grad of y, of the norm's weight, of its bias) for :class:`_PooledBatchNorm`."""
+    """(grad of y, of the norm's weight, of its bias) for :class:`_PooledBatchNorm`.
+
+    Every example's output depends on the statistics, but only the first ``stat_rows``
+    examples feed them, so only those get the dense part ``slope·y + offset``.
+    """
     differentiable = torch.is_grad_enabled()
+    rows = y.shape[0] if ctx.stat_rows is None else ctx.stat_rows
     if differentiable:
         # create_graph (second order): the statistics and pooled values are recomputed
         # from y with differentiable ops, so the double backward sees their dependence on y.
-        mean = y.mean(dim=(0, 2, 3))
-        var = (y - _per_channel(mean)).square().mean(dim=(0, 2, 3))
+        var, mean = _statistics(y[:rows])
         pooled = y.flatten(2).gather(2, indices.flatten(2)).view_as(grad_out)
+    count = rows * y.shape[2] * y.shape[3]
     grad_pooled, grad_weight, grad_bias, slope, offset = _norm_backward(
-        grad_out, pooled, weight, mean, var, ctx.eps, y.numel() // y.shape[1], differentiable
+        grad_out, pooled, weight, mean, var, ctx.eps, count, differentiable
     )
     grad_y = _unpool(grad_pooled, y, indices, ctx.pool)
     if differentiable:
-        grad_y = grad_y + torch.addcmul(_per_channel(offset), y, _per_channel(slope))
-    else:
-        grad_y.addcmul_(y, _per_channel(slope)).add_(_per_channel(offset))
+        dense = torch.addcmul(_per_channel(offset), y[:rows], _per_channel(slope))
+        if rows == y.shape[0]:
+            return grad_y + dense, grad_weight, grad_bias
+        return torch.cat((grad_y[:rows] + dense, grad_y[rows:])), grad_weight, grad_bias
+    grad_y[:rows].addcmul_(y[:rows], _per_channel(slope)).add_(_per_channel(offset))
     return grad_y, grad_weight, grad_bias
 
 
@@ -132,36 +148,40 @@ class _DataConvPooledBatchNorm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(x, filters, conv_bias, weight, bias, eps: float, conv: nn.Conv2d, pool: nn.MaxPool2d):
+    def forward(
+        x, filters, conv_bias, weight, bias, eps: float, conv: nn.Conv2d, pool: nn.MaxPool2d,
+        stat_rows: int | None,
+    ):
         y = F.conv2d(x, filters, conv_bias, conv.stride, conv.padding, conv.dilation)
         pooled, indices = F.max_pool2d_with_indices(
             y, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode
         )
-        patches = _patches(x, conv)
-        patch_mean = patches.mean(dim=0)
-        centred = patches - patch_mean
-        patch_cov = centred.t() @ centred / patches.shape[0]
-        flat = filters.flatten(1)
-        mean = flat @ patch_mean + conv_bias
-        var = ((flat @ patch_cov) * flat).sum(dim=1)
+        patches = _patches(x, conv)  # rows ordered by example, then output position
+        rows = x.shape[0] if stat_rows is None else stat_rows
+        patch_mean, patch_cov = _patch_moments(patches[: rows * (patches.shape[0] // x.shape[0])])
+        flat = filters.flatten(1).to(patch_cov.dtype)
+        mean = (flat @ patch_mean + conv_bias).to(y.dtype)
+        var = ((flat @ patch_cov) * flat).sum(dim=1).to(y.dtype)
         out = _normalise(pooled, weight, bias, mean, var, eps)
         return out, indices, pooled, mean, var, patches, patch_mean, patch_cov
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, filters, conv_bias, weight, _, eps, conv, pool = inputs
+        x, filters, conv_bias, weight, _, eps, conv, pool, stat_rows = inputs
         _, *saved = output
         ctx.save_for_backward(x, filters, conv_bias, weight, *saved)
         ctx.mark_non_differentiable(*saved)
         ctx.set_materialize_grads(False)
-        ctx.eps, ctx.conv, ctx.pool = eps, conv, pool
+        ctx.eps, ctx.conv, ctx.pool, ctx.stat_rows = eps, conv, pool, stat_rows
 
     @staticmethod
     def backward(ctx, grad_out, *_):
         x, filters, conv_bias, weight, indices, pooled, mean, var, patches, patch_mean, patch_cov = (
             ctx.saved_tensors
         )
-        conv, count = ctx.conv, patches.shape[0]  # values per channel of the conv output
+        conv = ctx.conv
+        rows = x.shape[0] if ctx.stat_rows is None else ctx.stat_rows
+        count = rows * (patches.shape[0] // x.shape[0])  # values per channel behind the statistics
         if torch.is_grad_enabled():
             # create_graph (second order): the plain route, every step differentiable.
             y = F.conv2d(x, filters, conv_bias, conv.stride, conv.padding, conv.dilation)
@@ -172,7 +192,7 @@ class _DataConvPooledBatchNorm(torch.autograd.Function):
                 grad_y, x, filters, [filters.shape[0]], list(conv.stride), list(conv.padding),
                 list(conv.dilation), False, [0, 0], 1, [False, True, True],
             )
-            return None, grad_filters, grad_conv_bias, grad_weight, grad_bias, None, None, None
+            return None, grad_filters, grad_conv_bias, grad_weight, grad_bias, None, None, None, None
         grad_pooled, grad_weight, grad_bias, slope, offset = _norm_backward(
             grad_out, pooled, weight, mean, var, ctx.eps, count, differentiable=False
         )
@@ -181,13 +201,39 @@ class _DataConvPooledBatchNorm(torch.autograd.Function):
         size = _conv_output_size(x, conv)
         spread = F.max_unpool2d(grad_pooled, indices, ctx.pool.kernel_size, ctx.pool.stride, 0, size)
         spread = spread.permute(0, 2, 3, 1).reshape(-1, spread.shape[1])  # (N·H·W, C), a view
-        flat = filters.flatten(1)
         level = slope * mean + offset  # Σ over y of (slope·y + offset) is count·level per channel
-        grad_flat = (patches.t() @ spread).t() + count * (
-            slope[:, None] * (flat @ patch_cov) + level[:, None] * patch_mean
+        wide = patch_cov.dtype
+        dense = count * (
+            slope.to(wide)[:, None] * (filters.flatten(1).to(wide) @ patch_cov)
+            + level.to(wide)[:, None] * patch_mean
         )
+        grad_flat = (patches.t() @ spread).t() + dense.to(spread.dtype)
         grad_conv_bias = spread.sum(dim=0) + count * level
-        return None, grad_flat.view_as(filters), grad_conv_bias, grad_weight, grad_bias, None, None, None
+        grad_filters = grad_flat.view_as(filters)
+        return None, grad_filters, grad_conv_bias, grad_weight, grad_bias, None, None, None, None
+
+
+def _statistics(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(biased variance, mean) of each channel of ``y`` over (N, H, W).
+
+    ``torch.var_mean``: on a channels-last float32 CPU tensor, the batch-norm statistics
+    kernels (``batch_norm_update_stats``, ``F.batch_norm``) err by ~3e-4 of a standard
+    deviation on sparse images, ``var_mean`` by ~1e-7 (benchmarks/RESULTS.md).
+    """
+    return torch.var_mean(y, dim=(0, 2, 3), unbiased=False)
+
+
+def _patch_moments(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance of the patch rows, accumulated in float64.
+
+    The conv output's variance ``w·Σ·wᵀ`` cancels when a filter sums to about zero over
+    nearly constant patches (strokes on a blank page): a float32 ``Σ`` loses ~1e-3 of it.
+    A (k², k²) float64 covariance costs little beside the convolution.
+    """
+    wide = patches.to(torch.float64)
+    mean = wide.mean(dim=0)
+    centred = wide - mean
+    return mean, centred.t() @ centred / wide.shape[0]
 
 
 def _normalise(pooled, weight, bias, mean, var, eps: float) -> torch.Tensor:
@@ -253,8 +299,8 @@ def _per_channel(v: torch.Tensor) -> torch.Tensor:
 
 
 def _conv_norm_pool(
-    params: Params, conv: tuple[str, nn.Conv2d], norm: tuple[str, BatchStatNorm],
-    pool: nn.MaxPool2d, patch_route: bool, x: torch.Tensor, n_tasks: int,
+    params: Params, x: torch.Tensor, n_tasks: int, stat_rows: int | None, *,
+    conv: tuple[str, nn.Conv2d], norm: tuple[str, BatchStatNorm], pool: nn.MaxPool2d, patch_route: bool,
 ) -> torch.Tensor:
     """``pool(norm(conv(x)))``, fused; negative norm scales are folded into the conv's filters.
 
@@ -272,10 +318,10 @@ def _conv_norm_pool(
     bias = params[f"{norm_prefix}.bias"].reshape(-1)
     if patch_route and n_tasks == 1 and not x.requires_grad:
         return _DataConvPooledBatchNorm.apply(
-            x, filters, conv_bias, weight, bias, norm_module.eps, conv_module, pool
+            x, filters, conv_bias, weight, bias, norm_module.eps, conv_module, pool, stat_rows
         )[0]
     y = F.conv2d(x, filters, conv_bias, conv_module.stride, conv_module.padding, groups=n_tasks)
-    return _PooledBatchNorm.apply(y, weight, bias, norm_module.eps, pool)[0]
+    return _PooledBatchNorm.apply(y, weight, bias, norm_module.eps, pool, stat_rows)[0]
 
 
 def _patch_route_pays(conv: nn.Conv2d, pool: nn.MaxPool2d) -> bool:
@@ -312,19 +358,19 @@ def _pool_before_activation(layers: list[tuple[str, nn.Module]]) -> list[tuple[s
     return ordered
 
 
-Layer = Callable[[Params, torch.Tensor, int], torch.Tensor]
+Layer = Callable[[Params, torch.Tensor, int, "int | None"], torch.Tensor]
 
 
 def _layer(prefix: str, module: nn.Module) -> Layer:
-    """One layer as ``layer(stacked_params, h, n_tasks)``."""
+    """One layer as ``layer(stacked_params, h, n_tasks, stat_rows)``."""
     if isinstance(module, nn.Linear):
-        return lambda params, h, n_tasks: _linear(params, prefix, h)
+        return lambda params, h, n_tasks, stat_rows: _linear(params, prefix, h)
     if isinstance(module, nn.Conv2d):
-        return lambda params, h, n_tasks: _conv(params, prefix, module, h, n_tasks)
+        return lambda params, h, n_tasks, stat_rows: _conv(params, prefix, module, h, n_tasks)
     if isinstance(module, BatchStatNorm):
-        return lambda params, h, n_tasks: _norm(params, prefix, module, h)
+        return lambda params, h, n_tasks, stat_rows: _norm(params, prefix, module, h, stat_rows)
     if isinstance(module, (nn.ReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.MaxPool2d)):
-        return lambda params, h, n_tasks: module(h)
+        return lambda params, h, n_tasks, stat_rows: module(h)
     raise TypeError(f"no batched rule for layer {prefix} ({type(module).__name__})")
 
 
@@ -338,8 +384,7 @@ def _plan(layers: list[tuple[str, nn.Module]], fuse: bool) -> list[Layer]:
             conv, norm, pool = layers[i], layers[i + 1], modules[2]
             patch_route = _patch_route_pays(conv[1], pool)
             steps.append(
-                lambda params, h, n_tasks, conv=conv, norm=norm, pool=pool, patch_route=patch_route:
-                _conv_norm_pool(params, conv, norm, pool, patch_route, h, n_tasks)
+                functools.partial(_conv_norm_pool, conv=conv, norm=norm, pool=pool, patch_route=patch_route)
             )
             i += 3
         else:
@@ -349,7 +394,9 @@ def _plan(layers: list[tuple[str, nn.Module]], fuse: bool) -> list[Layer]:
 
 
 def make_batched_forward(net: nn.Module) -> Forward:
-    """``forward(stacked_params, x)`` for inputs ``(T, N, *input_shape)`` → ``(T, N, outputs)``.
+    """``forward(stacked_params, x, stat_rows=None)`` for inputs ``(T, N, *input_shape)`` →
+    ``(T, N, outputs)``; each task's norms use the statistics of its first ``stat_rows``
+    examples (``None``: all).
 
     Interprets the layers built by :mod:`maml_tune.core.nets` (it raises for any other
     module, so a new layer type cannot be silently mis-batched).
@@ -359,7 +406,7 @@ def make_batched_forward(net: nn.Module) -> Forward:
     plain, fused = _plan(layers, fuse=False), _plan(layers, fuse=True)
     is_conv = isinstance(net, ConvNet)
 
-    def forward(params: Params, x: torch.Tensor) -> torch.Tensor:
+    def forward(params: Params, x: torch.Tensor, stat_rows: int | None = None) -> torch.Tensor:
         n_tasks, n = x.shape[0], x.shape[1]
         steps = plain
         if is_conv:
@@ -374,7 +421,7 @@ def make_batched_forward(net: nn.Module) -> Forward:
         else:
             h = x.flatten(2)
         for step in steps:
-            h = step(params, h, n_tasks)
+            h = step(params, h, n_tasks, stat_rows)
         if is_conv:
             h = h.reshape(n, n_tasks, -1).transpose(0, 1)
         return _linear(params, "head", h)

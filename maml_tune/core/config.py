@@ -19,6 +19,7 @@ ALGORITHMS = ("maml", "fomaml", "anil", "metasgd", "lslr")
 ACTIVATIONS = ("relu", "tanh", "gelu", "silu", "leaky_relu")
 STRATEGIES = ("auto", "vmap", "loop", "batched")
 PRECISIONS = ("fp32", "bf16", "fp16")
+QUERY_NORMS = ("transductive", "support")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,13 @@ class AlgoConfig:
     the same meta-gradient for about one more support forward/backward per step. It
     needs the ``loop`` or ``batched`` strategy (``auto`` picks one of them; ``vmap`` is
     refused: ``torch.func`` transforms do not support saved-tensor hooks).
+
+    ``query_norm`` is how batch-statistics norms treat the query set in meta-training and,
+    unless told otherwise, in validation and testing: ``transductive`` normalises it with
+    its own batch's statistics (Finn et al.'s code), so one query example's output depends
+    on the others; ``support`` uses the (adapted) support set's statistics, so it depends
+    only on the support set and the example itself. The support set is always normalised
+    with its own statistics. Networks without such norms are unaffected.
     """
 
     algorithm: str = "maml"
@@ -76,9 +84,11 @@ class AlgoConfig:
     msl_anneal_iterations: int = 1000
     second_order_steps: int | None = None
     checkpoint_inner: bool = False
+    query_norm: str = "transductive"
 
     def __post_init__(self) -> None:
         _choice("algo.algorithm", self.algorithm, ALGORITHMS)
+        _choice("algo.query_norm", self.query_norm, QUERY_NORMS)
         if self.second_order_steps is not None:
             _at_least("algo.second_order_steps", self.second_order_steps, 0)
         _at_least("algo.inner_steps", self.inner_steps, 1)

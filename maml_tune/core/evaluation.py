@@ -31,11 +31,13 @@ class Estimate:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Before/after-adaptation query metrics over ``tasks`` tasks of ``split``."""
+    """Before/after-adaptation query metrics over ``tasks`` tasks of ``split``, the query
+    normalised as ``query_norm`` says (``transductive`` or ``support``)."""
 
     split: str
     tasks: int
     steps: int
+    query_norm: str
     loss_before: Estimate
     loss_after: Estimate
     accuracy_before: Estimate | None
@@ -43,7 +45,9 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         """Flat JSON form: ``loss_after``, ``loss_after_ci95``, ``accuracy_after`` …"""
-        out: dict = {"split": self.split, "tasks": self.tasks, "steps": self.steps}
+        out: dict = {
+            "split": self.split, "tasks": self.tasks, "steps": self.steps, "query_norm": self.query_norm,
+        }
         for name in ("loss_before", "loss_after", "accuracy_before", "accuracy_after"):
             estimate = getattr(self, name)
             if estimate is not None:
@@ -62,26 +66,30 @@ def evaluate(
     strategy: str,
     device: torch.device,
     precision: str = "fp32",
+    query_norm: str | None = None,
 ) -> EvalResult:
     """Adapt ``learner`` with ``steps`` inner steps to ``tasks`` seeded tasks of ``split``.
 
     The same ``seed`` always yields the same tasks, so validation during training and
     comparisons between trials see an identical set. ``precision`` autocasts the forward
-    passes (``train.precision``; the default ``fp32`` is exact).
+    passes (``train.precision``; the default ``fp32`` is exact). ``query_norm``
+    (default: the mode the learner was trained with, ``algo.query_norm``) is how query
+    sets are normalised (:meth:`~maml_tune.core.learner.MetaLearner.query_outputs`).
     """
+    query_norm = learner.algo.query_norm if query_norm is None else query_norm
     generator = split_generator(split, seed, device)
     outcomes = []
     for start in range(0, tasks, EVAL_CHUNK):
         size = min(EVAL_CHUNK, tasks - start)
         batch = sampler.sample(split, size, generator, device)
         check_batch(batch, sampler, split, size)
-        outcomes.append(learner.outcome(batch, steps, strategy, precision=precision))
+        outcomes.append(learner.outcome(batch, steps, strategy, precision=precision, query_norm=query_norm))
 
     def gather(name: str) -> Estimate | None:
         parts = [getattr(o, name) for o in outcomes]
         return None if parts[0] is None else Estimate.of(torch.cat(parts))
 
     return EvalResult(
-        split, tasks, steps, gather("loss_before"), gather("loss_after"),
+        split, tasks, steps, query_norm, gather("loss_before"), gather("loss_after"),
         gather("accuracy_before"), gather("accuracy_after"),
     )

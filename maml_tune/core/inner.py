@@ -14,15 +14,18 @@ import torch.utils.checkpoint
 from torch.func import functional_call, grad
 
 Params = dict[str, torch.Tensor]
-Forward = Callable[[Params, torch.Tensor], torch.Tensor]
+Forward = Callable[..., torch.Tensor]
+"""``forward(params, x, stat_rows=None)``: the network's outputs for ``x`` with weights
+``params``; batch-statistics norms use the statistics of the first ``stat_rows`` examples
+of ``x`` (``None``: all of them)."""
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def make_forward(module: torch.nn.Module, buffers: Mapping[str, torch.Tensor]) -> Forward:
-    """``forward(params, x)``: run ``module`` with the given weights (and fixed ``buffers``)."""
+    """``forward(params, x, stat_rows=None)``: ``module`` with the given weights (and fixed ``buffers``)."""
 
-    def forward(params: Params, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(module, (params, dict(buffers)), (x,))
+    def forward(params: Params, x: torch.Tensor, stat_rows: int | None = None) -> torch.Tensor:
+        return functional_call(module, (params, dict(buffers)), (x,), {"stat_rows": stat_rows})
 
     return forward
 

@@ -17,9 +17,9 @@ from torch import nn
 from torch.func import vmap
 
 from maml_tune.core.batched import make_batched_forward, per_task_loss, stack_params
-from maml_tune.core.config import AlgoConfig, ArchConfig
+from maml_tune.core.config import QUERY_NORMS, AlgoConfig, ArchConfig
 from maml_tune.core.inner import LossFn, Params, adapt, final_params, inner_trajectory, make_forward
-from maml_tune.core.nets import HEAD_PREFIX, build_network
+from maml_tune.core.nets import HEAD_PREFIX, BatchStatNorm, build_network
 from maml_tune.core.precision import autocast
 from maml_tune.core.tasks import TaskBatch
 from maml_tune.errors import ConfigError
@@ -128,6 +128,7 @@ class MetaLearner(nn.Module):
         self.functional_forward = make_forward(self.net, dict(self.net.named_buffers()))
         self.batched_forward = make_batched_forward(self.net)
         self.per_task_loss = per_task_loss(kind)
+        self.normalises = any(isinstance(m, BatchStatNorm) for m in self.net.modules())
 
     def weights(self) -> Params:
         """θ: the network's meta-learned initial weights, by name."""
@@ -147,6 +148,34 @@ class MetaLearner(nn.Module):
             self.functional_forward, self.weights(), self.inner_lrs(), support_x, support_y,
             self.loss_fn, steps, first_order,
         )
+
+    def query_outputs(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        query_x: torch.Tensor,
+        query_norm: str,
+        *,
+        batched: bool = False,
+    ) -> torch.Tensor:
+        """The network's outputs on ``query_x`` with weights ``params`` (adapted or not).
+
+        ``query_norm`` (see :class:`~maml_tune.core.config.AlgoConfig`): ``transductive``
+        normalises the query with its own statistics; ``support`` runs support and query
+        as one batch whose norms take the support rows' statistics. With ``batched``,
+        ``params`` are stacked over tasks and the tensors carry a leading task dimension.
+        """
+        if query_norm not in QUERY_NORMS:
+            raise ConfigError(
+                f"query normalisation: expected one of {', '.join(QUERY_NORMS)}, got {query_norm!r}"
+            )
+        forward = self.batched_forward if batched else self.functional_forward
+        if query_norm == "transductive" or not self.normalises:
+            return forward(params, query_x)
+        dim = 1 if batched else 0
+        rows = support_x.shape[dim]
+        out = forward(params, torch.cat((support_x, query_x), dim=dim), rows)
+        return out.narrow(dim, rows, query_x.shape[dim])
 
     def task_objective(
         self,
@@ -184,12 +213,14 @@ class MetaLearner(nn.Module):
             checkpoint=self.algo.checkpoint_inner,
             functional_grad=functional_grad,
         )
+        mode = self.algo.query_norm
+
+        def loss_of(adapted: Params) -> torch.Tensor:
+            return query_loss(self.query_outputs(adapted, support_x, query_x, mode, batched=batched), query_y)
+
         if step_weights is None:
-            return query_loss(forward(final_params(trajectory, params), query_x), query_y)
-        losses = [
-            weight * query_loss(forward(adapted, query_x), query_y)
-            for weight, adapted in zip(step_weights, trajectory, strict=True)
-        ]
+            return loss_of(final_params(trajectory, params))
+        losses = [weight * loss_of(adapted) for weight, adapted in zip(step_weights, trajectory, strict=True)]
         return torch.stack(losses).sum(dim=0)
 
     def accumulate_meta_gradient(
@@ -248,23 +279,27 @@ class MetaLearner(nn.Module):
 
     @torch.no_grad()
     def outcome(
-        self, batch: TaskBatch, steps: int, strategy: str, *, precision: str = "fp32"
+        self, batch: TaskBatch, steps: int, strategy: str, *, precision: str = "fp32",
+        query_norm: str | None = None,
     ) -> BatchOutcome:
         """Per-task query loss (and accuracy) before and after ``steps`` adaptation steps.
 
         Adaptation here needs no meta-gradient, so ``algo.second_order_steps`` and
         ``algo.checkpoint_inner`` do not apply; ``precision`` autocasts the forward passes
         (the inner-loop gradients use ``torch.func.grad``, which works without recording).
+        ``query_norm`` (default: ``algo.query_norm``, the training mode) is how the query
+        set is normalised (:meth:`query_outputs`).
         """
+        mode = self.algo.query_norm if query_norm is None else query_norm
         with autocast(precision, batch.query_x.device):
-            result = self._outcome(batch, steps, strategy)
+            result = self._outcome(batch, steps, strategy, mode)
         if precision == "fp32":
             return result
         return BatchOutcome(*(None if t is None else t.float() for t in (
             result.loss_before, result.loss_after, result.accuracy_before, result.accuracy_after
         )))
 
-    def _outcome(self, batch: TaskBatch, steps: int, strategy: str) -> BatchOutcome:
+    def _outcome(self, batch: TaskBatch, steps: int, strategy: str, query_norm: str) -> BatchOutcome:
         lrs = self.inner_lrs()
         classify = self.kind == "classification"
         batched = strategy == "batched"
@@ -282,8 +317,9 @@ class MetaLearner(nn.Module):
             params, accuracy = self.weights(), _accuracy
 
         def per_task(sx, sy, qx, qy):
-            before = forward(params, qx)
-            after = forward(adapt(forward, params, lrs, sx, sy, inner_loss, steps), qx)
+            before = self.query_outputs(params, sx, qx, query_norm, batched=batched)
+            adapted = adapt(forward, params, lrs, sx, sy, inner_loss, steps)
+            after = self.query_outputs(adapted, sx, qx, query_norm, batched=batched)
             results = [loss(before, qy), loss(after, qy)]
             if classify:
                 results += [accuracy(before, qy), accuracy(after, qy)]

@@ -26,12 +26,28 @@ _ACTIVATIONS = {
 HEAD_PREFIX = "head."
 
 
+def batch_stat_norm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, stat_rows: int | None = None
+) -> torch.Tensor:
+    """``x`` ``(N, C, H, W)`` normalised per channel with the statistics (mean, biased
+    variance over N, H, W) of its first ``stat_rows`` examples (``None``: all of them).
+
+    ``torch.var_mean``: accurate in float32 in either memory layout, where the batch-norm
+    kernels' own statistics are not on channels-last CPU tensors (benchmarks/RESULTS.md).
+    """
+    var, mean = torch.var_mean(x[:stat_rows], dim=(0, 2, 3), unbiased=False, keepdim=True)
+    shape = (1, -1, 1, 1)
+    return (x - mean) * torch.rsqrt(var + eps) * weight.view(shape) + bias.view(shape)
+
+
 class BatchStatNorm(nn.Module):
     """Normalisation with the current batch's statistics, as MAML uses it (also at test time).
 
-    Written with ``mean``/``var`` instead of ``F.batch_norm``: under ``torch.func.vmap``
-    the latter's second-order gradient is wrong for every parameter upstream of the norm.
-    No running statistics, so nothing is mutated during a forward pass.
+    Written with ``var_mean`` instead of ``F.batch_norm``: under ``torch.func.vmap`` the
+    latter's second-order gradient is wrong for every parameter upstream of the norm.
+    No running statistics, so nothing is mutated during a forward pass. ``stat_rows``
+    takes the statistics from the first rows of the batch only (the support set, in
+    ``support`` query normalisation; see :class:`~maml_tune.core.config.AlgoConfig`).
     """
 
     def __init__(self, channels: int, eps: float = 1e-5):
@@ -40,21 +56,12 @@ class BatchStatNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stat_rows: int | None = None) -> torch.Tensor:
         if x.dtype in (torch.bfloat16, torch.float16):
             # Under autocast: statistics in float32 (bf16 has an 8-bit mantissa).
             with torch.autocast(x.device.type, enabled=False):
-                return self._normalise(x.float())
-        return self._normalise(x)
-
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        dims = (0, 2, 3)
-        mean = x.mean(dim=dims, keepdim=True)
-        var = x.var(dim=dims, unbiased=False, keepdim=True)
-        shape = (1, -1, 1, 1)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(
-            shape
-        )
+                return batch_stat_norm(x.float(), self.weight, self.bias, self.eps, stat_rows)
+        return batch_stat_norm(x, self.weight, self.bias, self.eps, stat_rows)
 
 
 class MLP(nn.Module):
@@ -70,7 +77,8 @@ class MLP(nn.Module):
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(features, output_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stat_rows: int | None = None) -> torch.Tensor:
+        # No normalisation: ``stat_rows`` changes nothing.
         return self.head(self.body(x.flatten(1)))
 
 
@@ -100,8 +108,11 @@ class ConvNet(nn.Module):
             features = self.body(torch.zeros(2, *input_shape)).flatten(1).shape[1]
         self.head = nn.Linear(features, output_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x).flatten(1))
+    def forward(self, x: torch.Tensor, stat_rows: int | None = None) -> torch.Tensor:
+        """Logits for ``x``; norms take their statistics from its first ``stat_rows`` examples."""
+        for layer in self.body:
+            x = layer(x, stat_rows) if isinstance(layer, BatchStatNorm) else layer(x)
+        return self.head(x.flatten(1))
 
 
 def build_network(arch: ArchConfig, input_shape: tuple[int, ...], output_size: int) -> nn.Module:

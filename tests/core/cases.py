@@ -1,14 +1,18 @@
-"""The problems and algorithm cases of the float64 meta-gradient tests, shared with
-``benchmarks/gpu_correctness.py`` (which runs them on CUDA without pytest).
+"""The problems and algorithm cases of the meta-gradient tests (float64 exactness and
+float32 fidelity), shared with ``benchmarks/gpu_correctness.py`` (which runs them on CUDA
+without pytest).
 
 Nothing here imports pytest; ``load(name)`` loads a sibling module of this folder by path
-(the tests folder is no package).
+(the tests folder is no package). Real Omniglot drawings need Pillow and
+``maml_tune.families``, imported only when they are asked for.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import io
 import sys
+import zipfile
 from pathlib import Path
 
 import torch
@@ -64,6 +68,29 @@ PROBLEMS = {
     },
 }
 
+# Float32 fidelity (tests/core/test_float32_fidelity.py): the engine in float32 on realistic
+# inputs against the float64 reference. Inner rates are small enough that the meta-gradient
+# is smooth at float32's resolution; with large ones a ReLU or max-pool decision that flips
+# between float32 and float64 moves the float64 gradient itself by 1e-3 (see that test).
+FLOAT32_PROBLEMS = {
+    "sinusoid": {**PROBLEMS["mlp"], "images": None},
+    # 3 × (conv → norm → relu → pool) on Omniglot-sized 1×28×28 strokes (28 → 14 → 7 → 4:
+    # the last pooling windows are partial); 16 channels, so the first block takes its
+    # patch route one task per pass; 3-way 1-shot, 5 queries per class, 2 tasks.
+    "conv28": {
+        "arch": ArchConfig(kind="conv", blocks=3, channels=16),
+        "input_shape": (1, 28, 28),
+        "output_size": 3,
+        "kind": "classification",
+        "tasks": 2,
+        "support": 1,
+        "query": 5,
+        "inner_lr": 0.03,
+        "images": ("strokes", "omniglot"),
+    },
+}
+_ALL_PROBLEMS = {**PROBLEMS, **FLOAT32_PROBLEMS}
+
 # name -> (AlgoConfig overrides, step_weights)
 CASES = {
     "maml-1step": ({"algorithm": "maml", "inner_steps": 1}, None),
@@ -107,6 +134,13 @@ CASES = {
          "second_order_steps": 2},
         None,
     ),
+    # Query normalised with the adapted support set's statistics (non-transductive).
+    "maml-support_norm": ({"algorithm": "maml", "inner_steps": 2, "query_norm": "support"}, None),
+    "lslr-support_norm-msl": (
+        {"algorithm": "lslr", "inner_steps": 3, "query_norm": "support"},
+        (0.2, 0.3, 0.5),
+    ),
+    "fomaml-support_norm": ({"algorithm": "fomaml", "inner_steps": 2, "query_norm": "support"}, None),
 }
 
 # "batched/c1": one task per pass, as the engine runs conv nets on CPU (its own code path).
@@ -124,8 +158,13 @@ def supports(case: str, strategy: str) -> bool:
     return not (strategy == "vmap" and CASES[case][0].get("checkpoint_inner", False))
 
 
-def make_batch(problem: str, seed: int = 1, device: str | torch.device = "cpu") -> TaskBatch:
-    spec = PROBLEMS[problem]
+def make_batch(
+    problem: str, seed: int = 1, device: str | torch.device = "cpu", images: str = "gaussian"
+) -> TaskBatch:
+    """A float64 batch of ``problem``'s tasks; classification inputs are ``images``:
+    ``gaussian`` noise, ``strokes`` (:func:`stroke_images`) or real ``omniglot`` drawings
+    (:func:`omniglot_images`)."""
+    spec = _ALL_PROBLEMS[problem]
     g = torch.Generator().manual_seed(seed)
     t, s, q = spec["tasks"], spec["support"], spec["query"]
     if spec["kind"] == "regression":
@@ -144,22 +183,65 @@ def make_batch(problem: str, seed: int = 1, device: str | torch.device = "cpu") 
             sx, amp * torch.sin(sx + phase), qx, amp * torch.sin(qx + phase)
         ).to(device)
     ways = spec["output_size"]
-
-    def images(per_class):
-        return torch.randn(
-            t, ways * per_class, *spec["input_shape"], generator=g, dtype=torch.float64
-        )
+    shape = spec["input_shape"]
+    if images == "gaussian":
+        x = torch.randn(t, ways * (s + q), *shape, generator=g, dtype=torch.float64)
+    elif images == "strokes":
+        x = stroke_images(t * ways * (s + q), shape[-1], seed).view(t, -1, *shape)
+    elif images == "omniglot":
+        x = omniglot_images(t * ways * (s + q), shape[-1], seed).view(t, -1, *shape)
+    else:
+        raise ValueError(f"unknown images {images!r}")
 
     def labels(per_class):
         return torch.arange(ways).repeat(per_class).expand(t, -1).clone()
 
-    return TaskBatch(images(s), labels(s), images(q), labels(q)).to(device)
+    support, query = x[:, : ways * s], x[:, ways * s :]
+    return TaskBatch(support, labels(s), query, labels(q)).to(device)
+
+
+def stroke_images(n: int, size: int = 28, seed: int = 0) -> torch.Tensor:
+    """``(n, 1, size, size)`` float64 drawings like Omniglot's at ``size`` pixels: 2–4 strokes
+    of two anti-aliased line segments each, ink 1 on a blank (exactly 0) page, about three
+    quarters of the pixels blank. Pure torch, so it runs wherever the tests do."""
+    g = torch.Generator().manual_seed(seed)
+    centres = (torch.arange(size, dtype=torch.float64) + 0.5) / size
+    rows, cols = torch.meshgrid(centres, centres, indexing="ij")
+    pixels = torch.stack([cols.flatten(), rows.flatten()], dim=-1)  # (P, 2)
+    strokes = torch.randint(2, 5, (n,), generator=g)
+    corners = 0.15 + 0.7 * torch.rand(n, 4, 3, 2, generator=g, dtype=torch.float64)
+    start, end = corners[:, :, :-1].reshape(n, 8, 1, 2), corners[:, :, 1:].reshape(n, 8, 1, 2)
+    along = end - start
+    t = (((pixels - start) * along).sum(-1) / along.square().sum(-1)).clamp(0, 1)
+    distance = (pixels - (start + t.unsqueeze(-1) * along)).norm(dim=-1)  # (n, 8, P)
+    unused = torch.arange(8).view(1, 8) >= 2 * strokes.view(n, 1)
+    nearest = distance.masked_fill(unused.unsqueeze(-1), float("inf")).amin(dim=1)
+    ink = (1.9 - nearest * size).clamp(0, 1)  # a stroke about 2 pixels wide, soft edges
+    return ink.view(n, 1, size, size)
+
+
+OMNIGLOT_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "omniglot"
+OMNIGLOT_ARCHIVE = OMNIGLOT_DIR / "images_background_small1.zip"
+
+
+def omniglot_images(n: int, size: int = 28, seed: int = 0) -> torch.Tensor:
+    """``(n, 1, size, size)`` float64: ``n`` real drawings picked by ``seed`` from the shared
+    Omniglot small set, through the Omniglot family's own transform (strokes 1, page 0)."""
+    from PIL import Image
+
+    from maml_tune.families.omniglot import preprocess_images
+
+    with zipfile.ZipFile(OMNIGLOT_ARCHIVE) as archive:
+        names = sorted(name for name in archive.namelist() if name.endswith(".png"))
+        picked = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed))[:n]
+        drawings = [Image.open(io.BytesIO(archive.read(names[i]))) for i in picked.tolist()]
+        return preprocess_images(drawings, size).double()
 
 
 def make_learner(
     problem: str, case: str, seed: int = 0, device: str | torch.device = "cpu"
 ) -> MetaLearner:
-    spec = PROBLEMS[problem]
+    spec = _ALL_PROBLEMS[problem]
     overrides, _ = CASES[case]
     algo = AlgoConfig(inner_lr=spec["inner_lr"], **overrides)
     torch.manual_seed(seed)
@@ -178,13 +260,15 @@ def make_learner(
 
 def sign_norm_scales(net: torch.nn.Module, generator: torch.Generator) -> None:
     """Norm scales of both signs and non-zero shifts instead of the initial ones and zeros:
-    the engine treats a channel with a negative scale differently (core/batched.py)."""
+    the engine treats a channel with a negative scale differently (core/batched.py). Every
+    third channel is negative; magnitudes are U[0.5, 1.5], away from the flat scale 0."""
     with torch.no_grad():
         for module in net.modules():
             if isinstance(module, BatchStatNorm):
                 weight, bias = module.weight, module.bias
-                weight.copy_(torch.rand(weight.shape, generator=generator, dtype=weight.dtype) * 3 - 1.5)
-                bias.copy_(torch.randn(bias.shape, generator=generator, dtype=bias.dtype))
+                sign = torch.where(torch.arange(weight.numel()) % 3 == 0, -1.0, 1.0).to(weight.dtype)
+                weight.copy_(sign * (0.5 + torch.rand(weight.shape, generator=generator, dtype=weight.dtype)))
+                bias.copy_(0.5 * torch.randn(bias.shape, generator=generator, dtype=bias.dtype))
 
 
 def relative_errors(got: dict, want: dict) -> dict[str, float]:

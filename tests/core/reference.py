@@ -29,21 +29,26 @@ _ACT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def batch_stat_norm(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rows: int
 ) -> torch.Tensor:
-    """Normalise with the batch's own statistics over (N, H, W): biased variance, eps 1e-5."""
-    n = x.shape[0] * x.shape[2] * x.shape[3]
-    mean = x.sum(dim=(0, 2, 3), keepdim=True) / n
-    centred = x - mean
-    var = (centred * centred).sum(dim=(0, 2, 3), keepdim=True) / n
+    """Normalise with the statistics of the first ``rows`` examples over (N, H, W): biased
+    variance, eps 1e-5."""
+    sample = x[:rows]
+    n = sample.shape[0] * sample.shape[2] * sample.shape[3]
+    mean = sample.sum(dim=(0, 2, 3), keepdim=True) / n
+    var = ((sample - mean) * (sample - mean)).sum(dim=(0, 2, 3), keepdim=True) / n
     return (
-        centred / torch.sqrt(var + EPS) * weight[None, :, None, None]
+        (x - mean) / torch.sqrt(var + EPS) * weight[None, :, None, None]
         + bias[None, :, None, None]
     )
 
 
-def forward(arch, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """The network described by ``arch`` (an ``ArchConfig``) with weights ``params``."""
+def forward(
+    arch, params: Mapping[str, torch.Tensor], x: torch.Tensor, rows: int | None = None
+) -> torch.Tensor:
+    """The network described by ``arch`` (an ``ArchConfig``) with weights ``params``; norms
+    take the statistics of the first ``rows`` examples (all when ``None``)."""
+    rows = x.shape[0] if rows is None else rows
     act = _ACT[arch.activation]
     if arch.kind == "mlp":
         h = x.reshape(x.shape[0], -1)
@@ -71,7 +76,7 @@ def forward(arch, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.
         )
         if norm:
             h = batch_stat_norm(
-                h, params[f"body.{index + 1}.weight"], params[f"body.{index + 1}.bias"]
+                h, params[f"body.{index + 1}.weight"], params[f"body.{index + 1}.bias"], rows
             )
         h = act(h)
         if pool:
@@ -125,6 +130,14 @@ def meta_gradient(
     parameter name to its learned rate (Meta-SGD / LSLR) and is ignored otherwise.
     """
     loss_fn = F.mse_loss if kind == "regression" else F.cross_entropy
+    support_norm = getattr(algo, "query_norm", "transductive") == "support"
+
+    def query_loss(params, sx, qx, qy):
+        # "support": support and query in one batch, normalised with the support's statistics.
+        if not support_norm:
+            return loss_fn(forward(arch, params, qx), qy)
+        return loss_fn(forward(arch, params, torch.cat([sx, qx]), len(sx))[len(sx) :], qy)
+
     first_order = algo.first_order or algo.algorithm == "fomaml"
     steps = algo.inner_steps
     # Only the last ``second_order_steps`` steps (all when None) are differentiated twice;
@@ -166,9 +179,9 @@ def meta_gradient(
                 for name, g in zip(adapted, grads)
             }
             if step_weights is not None:
-                per_step.append(loss_fn(forward(arch, {**theta, **fast}, qx), qy))
+                per_step.append(query_loss({**theta, **fast}, sx, qx, qy))
         if step_weights is None:
-            task_losses.append(loss_fn(forward(arch, {**theta, **fast}, qx), qy))
+            task_losses.append(query_loss({**theta, **fast}, sx, qx, qy))
         else:
             task_losses.append(sum(w * loss for w, loss in zip(step_weights, per_step)))
     meta_loss = torch.stack(task_losses).mean()

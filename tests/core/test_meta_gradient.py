@@ -160,13 +160,14 @@ def test_vectorised_strategies_agree_with_the_loop(problem, case, strategy):
     )
 
 
+@pytest.mark.parametrize("query_norm", ["transductive", "support"])
 @pytest.mark.parametrize("strategy", ["vmap", "batched"])
 @pytest.mark.parametrize("problem", list(PROBLEMS))
-def test_evaluation_outcomes_agree_across_strategies(problem, strategy):
+def test_evaluation_outcomes_agree_across_strategies(problem, strategy, query_norm):
     learner = make_learner(problem, "metasgd")
     batch = make_batch(problem)
-    want = learner.outcome(batch, 3, "loop")
-    got = learner.outcome(batch, 3, strategy)
+    want = learner.outcome(batch, 3, "loop", query_norm=query_norm)
+    got = learner.outcome(batch, 3, strategy, query_norm=query_norm)
     for field in ("loss_before", "loss_after", "accuracy_before", "accuracy_after"):
         if getattr(want, field) is not None:
             torch.testing.assert_close(getattr(got, field), getattr(want, field), rtol=1e-10, atol=1e-12)
@@ -263,6 +264,24 @@ def test_second_order_steps_spans_first_to_full_second_order(problem):
     assert max(relative_errors(partial, first).values()) > 1e-3
 
 
+def test_support_query_norm_is_a_different_meta_objective_only_with_norms():
+    """``query_norm = "support"`` changes the conv net's meta-gradient by far more than the
+    tolerance (so the cases above check something), and nothing for the MLP (no norms)."""
+    def reference_for(problem, **algo):
+        learner = make_learner(problem, "maml-support_norm")
+        spec = PROBLEMS[problem]
+        _, grads, _ = reference.meta_gradient(
+            spec["arch"], AlgoConfig(inner_lr=spec["inner_lr"], inner_steps=2, **algo), spec["kind"],
+            learner.weights(), None, *make_batch(problem).tensors(),
+        )
+        return grads
+
+    for problem, changed in (("conv", True), ("mlp", False)):
+        support, transductive = reference_for(problem, query_norm="support"), reference_for(problem)
+        difference = max(relative_errors(support, transductive).values())
+        assert (difference > 1e-2) if changed else (difference < 1e-12), (problem, difference)
+
+
 def test_checkpoint_inner_is_refused_under_vmap():
     learner = make_learner("mlp", "maml-checkpoint")
     with pytest.raises(ConfigError, match="checkpoint_inner"):
@@ -312,10 +331,12 @@ def test_checkpointed_inner_steps_do_not_change_evaluation(strategy):
 )
 @pytest.mark.parametrize("in_channels", [1, 3])
 @pytest.mark.parametrize("n_tasks", [1, 2], ids=["one-task", "two-tasks"])
-def test_fused_blocks_have_the_modules_first_and_second_derivatives(arch, in_channels, n_tasks):
+@pytest.mark.parametrize("stat_rows", [None, 4], ids=["own-statistics", "first-rows-statistics"])
+def test_fused_blocks_have_the_modules_first_and_second_derivatives(arch, in_channels, n_tasks, stat_rows):
     """The batched forward's fused conv → norm → pool blocks (the first layer's own route with
     one task per pass, the general one otherwise) compute the module's function and its first
-    and second derivatives: odd sizes (partial pooling windows), norm scales of both signs."""
+    and second derivatives: odd sizes (partial pooling windows), norm scales of both signs,
+    statistics of the whole batch or of its first rows (``support`` query normalisation)."""
     torch.manual_seed(0)
     shape = (in_channels, 11, 11)
     net = build_network(arch, shape, 4).double()
@@ -338,12 +359,14 @@ def test_fused_blocks_have_the_modules_first_and_second_derivatives(arch, in_cha
 
     with torch.no_grad():
         torch.testing.assert_close(
-            forward(stack_params(dict(net.named_parameters()), n_tasks), x),
-            torch.stack([net(task) for task in x]), rtol=1e-12, atol=1e-12,
+            forward(stack_params(dict(net.named_parameters()), n_tasks), x, stat_rows),
+            torch.stack([net(task, stat_rows) for task in x]), rtol=1e-12, atol=1e-12,
         )
-    batched = first_and_second(lambda params: forward(stack_params(params, n_tasks), x))
+    batched = first_and_second(lambda params: forward(stack_params(params, n_tasks), x, stat_rows))
     plain = first_and_second(
-        lambda params: torch.stack([torch.func.functional_call(net, params, (task,)) for task in x])
+        lambda params: torch.stack(
+            [torch.func.functional_call(net, params, (task,), {"stat_rows": stat_rows}) for task in x]
+        )
     )
     for got, want in zip(batched, plain, strict=True):
         for name, g, w in zip(names, got, want, strict=True):
