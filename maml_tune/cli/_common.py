@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import sys
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from maml_tune.core.config import QUERY_NORMS
 from maml_tune.errors import ConfigError
 
 out = Console(highlight=False, soft_wrap=True)
@@ -32,6 +34,26 @@ SetOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print plain JSON on stdout.")]
+
+
+QueryNorm = enum.Enum("QueryNorm", {name: name for name in QUERY_NORMS}, type=str)
+"""The choices of ``--query-norm`` (``maml_tune.core.config.QUERY_NORMS``)."""
+
+
+def query_norm_option(default_text: str):
+    """``--query-norm``: how batch-statistics norms treat the query images after adaptation."""
+    return typer.Option(
+        "--query-norm",
+        help="support (normalise queries with the support set's statistics: each prediction "
+        "independent of the others) or transductive (the query batch's own statistics, as in "
+        f"Finn et al.). Default: {default_text}.",
+    )
+
+
+QUERY_NORM_TEXT = {
+    "support": "normalised with the support set's statistics",
+    "transductive": "normalised with the query batch's statistics (transductive)",
+}
 
 
 def parse_sets(items: list[str] | None) -> dict[str, str]:

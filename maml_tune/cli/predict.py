@@ -8,7 +8,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from maml_tune.cli._common import DeviceOption, JsonOption, out, print_json, registry
+from maml_tune.cli._common import (
+    QUERY_NORM_TEXT,
+    DeviceOption,
+    JsonOption,
+    QueryNorm,
+    out,
+    print_json,
+    query_norm_option,
+    registry,
+)
 from maml_tune.errors import ConfigError, DataError, MamlTuneError, PluginError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -77,6 +86,7 @@ def predict(
         int | None,
         typer.Option("--steps", min=0, help="Inner steps (default: the config's test-time steps)."),
     ] = None,
+    query_norm: Annotated[QueryNorm, query_norm_option("support")] = QueryNorm.support,
     device: DeviceOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
@@ -113,7 +123,7 @@ def predict(
     support_x = _preprocess(family, support_files, learner.input_shape).to(learner.device)
     query_x = _preprocess(family, query_files, learner.input_shape).to(learner.device)
     adapted = learner.adapt(support_x, torch.tensor(labels, dtype=torch.long), steps)
-    scores = torch.softmax(adapted.predict(query_x), dim=-1).cpu()
+    scores = torch.softmax(adapted.predict(query_x, query_norm.value), dim=-1).cpu()
     results = []
     for file, row in zip(query_files, scores, strict=True):
         name = str(file.relative_to(query)) if query.is_dir() else file.name
@@ -129,7 +139,8 @@ def predict(
         return
     used = config.algo.eval_inner_steps if steps is None else steps
     table = Table(
-        title=f"{config.family}: predictions after {used} inner steps on {len(support_files)} support images"
+        title=f"{config.family}: predictions after {used} inner steps on {len(support_files)} support images",
+        caption=f"query images {QUERY_NORM_TEXT[query_norm.value]}",
     )
     table.add_column("file", overflow="fold")
     table.add_column("predicted")

@@ -12,8 +12,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from maml_tune.cli._common import (
+    QUERY_NORM_TEXT,
     DeviceOption,
     JsonOption,
+    QueryNorm,
     SetOption,
     err,
     family_options,
@@ -22,6 +24,7 @@ from maml_tune.cli._common import (
     out,
     parse_sets,
     print_json,
+    query_norm_option,
     registry,
 )
 
@@ -88,7 +91,10 @@ def _results_table(title: str, result) -> Table:
             fmt(result.accuracy_after.mean, result.accuracy_after.ci95),
         )
     steps = f"{result.steps} inner step{'' if result.steps == 1 else 's'}"
-    table.caption = f"{result.tasks} {result.split} tasks, {steps}, ± 95% interval"
+    table.caption = (
+        f"{result.tasks} {result.split} tasks, {steps}, ± 95% interval; "
+        f"queries {QUERY_NORM_TEXT[result.query_norm]}"
+    )
     return table
 
 
@@ -190,6 +196,9 @@ def evaluate_command(
     seed: Annotated[
         int | None, typer.Option("--seed", help="Seed of the test tasks (default: the config's).")
     ] = None,
+    query_norm: Annotated[
+        QueryNorm | None, query_norm_option("the mode the checkpoint was trained with")
+    ] = None,
     device: DeviceOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
@@ -209,7 +218,7 @@ def evaluate_command(
         steps=config.algo.eval_inner_steps if steps is None else steps,
         seed=config.eval_seed if seed is None else seed,
         strategy=resolve_strategy(config.train.strategy, config.arch, torch_device),
-        device=torch_device,
+        device=torch_device, query_norm=None if query_norm is None else query_norm.value,
     )
     if as_json:
         print_json({"family": config.family, "checkpoint": str(checkpoint), **result.to_dict()})

@@ -5,7 +5,9 @@
     model = learner.adapt(support_x, support_y)      # (S, *input_shape), targets
     predictions = model.predict(query_x)
 
-Adaptation runs the same inner loop as meta-training and evaluation.
+Adaptation runs the same inner loop as meta-training and evaluation. Predictions are
+independent of each other by default: batch-statistics norms (conv nets) use the adapted
+support set's statistics, so an example gets the same output alone or in any batch.
 """
 
 from __future__ import annotations
@@ -21,23 +23,30 @@ from maml_tune.errors import ConfigError
 
 
 class AdaptedModel:
-    """A learner adapted to one task. With batch-statistics normalisation (conv nets),
-    predictions use the statistics of the batch passed to :meth:`predict`, as in MAML."""
+    """A learner adapted to one task's support set."""
 
-    def __init__(self, learner: Learner, params: Params):
-        self._learner, self._params = learner, params
+    def __init__(self, learner: Learner, params: Params, support_x: torch.Tensor):
+        self._learner, self._params, self._support_x = learner, params, support_x
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Regression outputs, or class logits, for inputs ``(B, *input_shape)``."""
-        x = self._learner._inputs(x)
-        return self._learner.checkpoint.learner.functional_forward(self._params, x)
+    def predict(self, x: torch.Tensor, query_norm: str = "support") -> torch.Tensor:
+        """Regression outputs, or class logits, for inputs ``(B, *input_shape)``.
 
-    def predict_classes(self, x: torch.Tensor) -> torch.Tensor:
-        """Class indices ``(B,)`` for a classification learner."""
+        ``query_norm``: ``support`` (default) normalises with the support set's statistics,
+        so each row of the result depends only on the support set and that input;
+        ``transductive`` uses the statistics of ``x`` itself, as Finn et al.'s evaluation
+        does (rows then depend on the whole batch). Networks without batch-statistics
+        norms give the same result either way.
+        """
+        x = self._learner._inputs(x)
+        learner = self._learner.checkpoint.learner
+        return learner.query_outputs(self._params, self._support_x, x, query_norm)
+
+    def predict_classes(self, x: torch.Tensor, query_norm: str = "support") -> torch.Tensor:
+        """Class indices ``(B,)`` for a classification learner (``query_norm`` as in :meth:`predict`)."""
         if self._learner.kind != "classification":
             raise ConfigError("predict_classes needs a classification learner")
-        return self.predict(x).argmax(dim=-1)
+        return self.predict(x, query_norm).argmax(dim=-1)
 
 
 class Learner:
@@ -76,7 +85,7 @@ class Learner:
         steps = self.config.algo.eval_inner_steps if steps is None else steps
         with torch.no_grad():
             params = self.checkpoint.learner.adapt(x, y, steps)
-        return AdaptedModel(self, params)
+        return AdaptedModel(self, params, x)
 
 
 def load_learner(path: str | os.PathLike, device: str = "cpu") -> Learner:

@@ -256,7 +256,7 @@ def _prefixed(prefix: str, data: dict[str, Any]) -> dict[str, Any]:
     """``{"loss_after": x, "loss_after_ci95": c, …}`` → ``{"val_loss": x, "val_loss_ci95": c, …}``."""
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if key in ("split", "tasks", "steps"):
+        if key in ("split", "tasks", "steps", "query_norm"):
             out[f"{prefix}_{key}"] = value
             continue
         name = key.replace("loss_after", "loss").replace("accuracy_after", "accuracy")

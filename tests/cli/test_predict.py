@@ -141,6 +141,55 @@ def test_predict_classifies_every_query_image(glyphs, tmp_path):
     assert "q_box.png" in table.stdout and "predicted" in table.stdout
 
 
+def _scores_of(glyphs, support, query, *options):
+    result = invoke("predict", str(glyphs), "--support", str(support), "--query", str(query),
+                    "--steps", "5", "--device", "cpu", "--json", *options)
+    assert result.exit_code == 0, result.output
+    return {row["file"]: row for row in json.loads(result.stdout)}
+
+
+def test_an_image_gets_the_same_prediction_whatever_else_is_in_the_query_folder(glyphs, tmp_path):
+    """By default queries are normalised with the support set's statistics: one image scored
+    alone and among 7 others gets the same label and scores (to the JSON's 6 decimals)."""
+    support, crowd = support_and_query(tmp_path)
+    for index in range(5):
+        name = ("bar", "box", "dot")[index % 3]
+        save_glyph(crowd / f"other_{index}.png", 1 - PATTERNS[name], seed=200 + index)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "q_box.png").write_bytes((crowd / "q_box.png").read_bytes())
+    assert len(list(crowd.iterdir())) == 8
+    single = _scores_of(glyphs, support, alone)["q_box.png"]
+    among = _scores_of(glyphs, support, crowd)["q_box.png"]
+    assert single["predicted"] == among["predicted"]
+    for label, score in single["scores"].items():
+        assert abs(score - among["scores"][label]) <= 1e-6, (label, score, among["scores"][label])
+    # Transductive normalisation makes the same image's scores depend on its neighbours.
+    single = _scores_of(glyphs, support, alone, "--query-norm", "transductive")["q_box.png"]
+    among = _scores_of(glyphs, support, crowd, "--query-norm", "transductive")["q_box.png"]
+    assert max(abs(s - among["scores"][label]) for label, s in single["scores"].items()) > 1e-3
+
+
+def test_evaluate_and_checkpoints_record_the_query_normalisation(glyphs):
+    metadata = json.loads((glyphs / "checkpoint.json").read_text())
+    assert metadata["config"]["algo"]["query_norm"] == "transductive"
+    assert metadata["metadata"]["test"]["query_norm"] == "transductive"
+    results = {}
+    for mode in (None, "support", "transductive"):
+        options = [] if mode is None else ["--query-norm", mode]
+        result = invoke("evaluate", str(glyphs), "--tasks", "20", "--device", "cpu", "--json", *options)
+        assert result.exit_code == 0, result.output
+        results[mode] = json.loads(result.stdout)
+    assert results[None]["query_norm"] == "transductive" == results["transductive"]["query_norm"]
+    assert results[None]["loss_after"] == results["transductive"]["loss_after"]
+    assert results["support"]["query_norm"] == "support"
+    assert results["support"]["loss_after"] != results["transductive"]["loss_after"]
+    table = invoke("evaluate", str(glyphs), "--tasks", "20", "--device", "cpu", "--query-norm", "support")
+    assert table.exit_code == 0 and "support set's statistics" in table.stdout
+    bad = invoke("evaluate", str(glyphs), "--query-norm", "batch")
+    assert bad.exit_code == 2 and "--query-norm" in bad.stderr
+
+
 def test_predict_refuses_a_support_set_with_another_number_of_classes(glyphs, tmp_path):
     support, query = support_and_query(tmp_path, classes=("bar", "box"), shots=(1, 1))
     result = invoke("predict", str(glyphs), "--support", str(support), "--query", str(query))

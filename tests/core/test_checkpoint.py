@@ -74,3 +74,24 @@ def test_public_api_adapts_to_a_new_task(trained, tmp_path):
     expected = learner.adapt(x, y, steps=5)
     adapted = api.adapt(x, y, steps=5)
     assert torch.allclose(adapted.predict(x), learner.functional_forward(expected, x).detach())
+
+
+def test_api_predictions_do_not_depend_on_the_rest_of_the_batch(tmp_path):
+    """Conv nets normalise with batch statistics; by default the API takes the adapted
+    support set's, so an image scores the same alone and inside a batch of 8."""
+    from maml_tune.core.config import ArchConfig, RunConfig
+    from maml_tune.core.learner import MetaLearner
+
+    config = RunConfig(family="omniglot", arch=ArchConfig(kind="conv", blocks=2, channels=8))
+    torch.manual_seed(0)
+    learner = MetaLearner(config.arch, config.algo, (1, 14, 14), 3, "classification")
+    save_checkpoint(tmp_path / "ckpt", learner, config)
+    support = torch.rand(6, 1, 14, 14)
+    model = load_learner(tmp_path / "ckpt").adapt(support, torch.arange(3).repeat(2), steps=2)
+    batch = torch.rand(8, 1, 14, 14)
+    alone, inside = model.predict(batch[3:4]), model.predict(batch)[3:4]
+    torch.testing.assert_close(alone, inside, rtol=0, atol=1e-6)
+    assert torch.equal(model.predict_classes(batch[3:4]), model.predict_classes(batch)[3:4])
+    transductive = model.predict(batch, query_norm="transductive")
+    assert (transductive[3:4] - model.predict(batch[3:4], query_norm="transductive")).abs().max() > 1e-3
+    assert (transductive - model.predict(batch)).abs().max() > 1e-3
