@@ -4,8 +4,9 @@
 # There, only python3 and torch exist (no typer/rich/optuna, no internet), so this uses
 # code paths that import nothing but torch and maml_tune.core:
 #   1. benchmarks/gpu_correctness.py: float64 meta-gradients on the GPU, every case and
-#      strategy, against the CPU float64 reference (tests/core/reference.py); and the
-#      error of bf16/fp16 autocast against fp32 (and of fp32/TF32 against float64).
+#      strategy, against the CPU float64 reference (tests/core/reference.py); float32 on
+#      Omniglot-like strokes against it (TF32 off and on); and the error of bf16/fp16
+#      autocast against fp32 (and of fp32/TF32 against float64).
 #   2. benchmarks/throughput.py: sinusoid (1 and 5 inner steps), conv4 Omniglot-shaped
 #      5-way and 20-way 1-shot, second and first order, every strategy (and batched under
 #      bf16) beside the per-task-loop reference, in interleaved windows; peak CUDA memory
@@ -41,9 +42,9 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
   | tee -a "$OUT/gpu.txt"
 
 echo "== 1. correctness (float64 on GPU vs CPU float64 reference; mixed precision) =="
-timeout 120 python3 benchmarks/gpu_correctness.py --device cuda --json "$OUT/correctness.json" \
+timeout 150 python3 benchmarks/gpu_correctness.py --device cuda --json "$OUT/correctness.json" \
   > "$OUT/correctness.log" 2>&1 || status=1
-grep -E "FAIL|all passed|FAILURES|mixed|Error|error" "$OUT/correctness.log" | head -60
+grep -E "FAIL|all passed|FAILURES|mixed|tf32 on|Error|error" "$OUT/correctness.log" | head -80
 
 echo "== 2. throughput vs the per-task-loop reference (CUDA) =="
 timeout 180 python3 benchmarks/throughput.py --device cuda \

@@ -6,7 +6,12 @@
    float64 reference of ``tests/core/reference.py`` computed on the CPU. Pass: per tensor
    ``max|g - g_ref| / max|g_ref|`` ≤ 1e-6 (structurally-zero tensors: ``max|g|`` ≤ 1e-12),
    as in the CPU tests.
-2. Mixed precision: the float32-master meta-gradient under bf16 and fp16 autocast against
+2. Float32 fidelity: every case of the Omniglot-sized conv problem of
+   ``tests/core/test_float32_fidelity.py`` (synthetic strokes), float32 on the GPU against
+   the float64 CPU reference, with TF32 convolutions on (PyTorch's default) and off. Pass
+   (TF32 off, as on the CPU): relative L2 ≤ 1e-4 and each strategy within 3× the loop's
+   error; TF32 rows are reported only.
+3. Mixed precision: the float32-master meta-gradient under bf16 and fp16 autocast against
    fp32 on the GPU (relative L2 error and cosine similarity) for the sinusoid MLP and an
    Omniglot-shaped conv4 (5-way 1-shot, 8 tasks), per strategy; fp32 itself is compared
    with float64 to show the TF32 baseline error (PyTorch runs fp32 convs in TF32).
@@ -95,6 +100,34 @@ def check_float64(device: torch.device) -> tuple[list[dict], bool]:
     return rows, ok
 
 
+def check_float32(device: torch.device) -> tuple[list[dict], bool]:
+    rows, ok = [], True
+    for case, (_, step_weights) in cases.CASES.items():
+        for seed in range(4):  # the first seed whose float64 meta-gradient is smooth
+            learner = cases.make_learner("conv28", case, seed=seed).float()
+            batch = cases.float32_batch(cases.make_batch("conv28", seed, images="strokes"))
+            want = cases.reference_vector(learner, batch, step_weights)
+            if cases.kink(learner, batch, step_weights, want) <= 1e-8:
+                break
+        learner, batch = learner.to(device), batch.to(device)
+        for tf32 in (False, True):
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+            errors = {
+                strategy: ((cases.engine_vector(learner, batch, strategy, step_weights) - want).norm()
+                           / want.norm()).item()
+                for strategy in cases.STRATEGIES if cases.supports(case, strategy)
+            }
+            passed = all(e <= 1e-4 and e <= 3 * errors["loop"] for e in errors.values())
+            if not tf32:
+                ok &= passed
+            rows.append({"case": case, "seed": seed, "tf32": tf32, "rel_l2_error": errors, "passed": passed})
+            print(f"float32 conv28 {case:40} tf32 {'on ' if tf32 else 'off'} "
+                  + " ".join(f"{s}={e:.1e}" for s, e in errors.items())
+                  + ("" if tf32 else f"  {'ok' if passed else 'FAIL'}"), flush=True)
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False  # PyTorch's defaults
+    return rows, ok
+
+
 def mixed_problem(kind: str, device: torch.device):
     g = torch.Generator().manual_seed(3)
     torch.manual_seed(0)
@@ -151,18 +184,22 @@ def main() -> None:
     device = torch.device(args.device)
     started = time.perf_counter()
     rows64, ok = check_float64(device)
+    rows32, ok32 = check_float32(device)
     mixed = check_mixed(device)
     result = {
         "device": str(device), "torch": torch.__version__,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "float64_all_passed": ok, "float64": rows64, "mixed_precision": mixed,
+        "float64_all_passed": ok, "float64": rows64,
+        "float32_all_passed": ok32, "float32": rows32, "mixed_precision": mixed,
         "seconds": time.perf_counter() - started,
     }
     print(f"float64 meta-gradients on {device}: {'all passed' if ok else 'FAILURES'} "
           f"({len(rows64)} checks, {result['seconds']:.0f} s)", flush=True)
+    print(f"float32 fidelity on {device} (TF32 off): {'all passed' if ok32 else 'FAILURES'} "
+          f"({len(rows32) // 2} cases)", flush=True)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(result, indent=2))
-    sys.exit(0 if ok else 1)
+    sys.exit(0 if ok and ok32 else 1)
 
 
 if __name__ == "__main__":

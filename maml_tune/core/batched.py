@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maml_tune.core.inner import Forward, Params
-from maml_tune.core.nets import BatchStatNorm, ConvNet, batch_stat_norm
+from maml_tune.core.nets import BatchStatNorm, ConvNet, batch_stat_norm, batch_statistics
 
 
 def stack_params(params: Params, n_tasks: int) -> Params:
@@ -69,7 +69,7 @@ def _norm(
     # Channels of (N, T*C, H, W) are per-task, so batch statistics over (N, H, W) are each
     # task's own. On CUDA (default layout) the fused kernel's double backward is exact
     # outside vmap (tested against the float64 reference) and saves far more memory than
-    # the var_mean formulation; on CPU tensors are channels-last, where its statistics
+    # the two-pass formulation; on CPU tensors are channels-last, where its statistics
     # are not accurate in float32.
     weight = params[f"{prefix}.weight"].reshape(-1)
     bias = params[f"{prefix}.bias"].reshape(-1)
@@ -88,7 +88,7 @@ class _PooledBatchNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(y, weight, bias, eps: float, pool: nn.MaxPool2d, stat_rows: int | None):
-        var, mean = _statistics(y[:stat_rows])
+        var, mean = batch_statistics(y, stat_rows)
         pooled, indices = F.max_pool2d_with_indices(
             y, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode
         )
@@ -121,7 +121,7 @@ def _pooled_norm_backward(ctx, grad_out, y, weight, indices, pooled, mean, var):
     if differentiable:
         # create_graph (second order): the statistics and pooled values are recomputed
         # from y with differentiable ops, so the double backward sees their dependence on y.
-        var, mean = _statistics(y[:rows])
+        var, mean = batch_statistics(y, rows)
         pooled = y.flatten(2).gather(2, indices.flatten(2)).view_as(grad_out)
     count = rows * y.shape[2] * y.shape[3]
     grad_pooled, grad_weight, grad_bias, slope, offset = _norm_backward(
@@ -213,22 +213,14 @@ class _DataConvPooledBatchNorm(torch.autograd.Function):
         return None, grad_filters, grad_conv_bias, grad_weight, grad_bias, None, None, None, None
 
 
-def _statistics(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(biased variance, mean) of each channel of ``y`` over (N, H, W).
-
-    ``torch.var_mean``: on a channels-last float32 CPU tensor, the batch-norm statistics
-    kernels (``batch_norm_update_stats``, ``F.batch_norm``) err by ~3e-4 of a standard
-    deviation on sparse images, ``var_mean`` by ~1e-7 (benchmarks/RESULTS.md).
-    """
-    return torch.var_mean(y, dim=(0, 2, 3), unbiased=False)
-
-
 def _patch_moments(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and covariance of the patch rows, accumulated in float64.
 
-    The conv output's variance ``w·Σ·wᵀ`` cancels when a filter sums to about zero over
-    nearly constant patches (strokes on a blank page): a float32 ``Σ`` loses ~1e-3 of it.
-    A (k², k²) float64 covariance costs little beside the convolution.
+    Both feed quantities that cancel: the variance ``w·Σ·wᵀ`` and the dense part of the
+    filter gradient, which nearly cancels its sparse part. With a float32 ``Σ`` (a sum over
+    every patch of the batch) the variance of 28-pixel drawings erred by ~5e-6 and the
+    first layer's gradient by 50× the plain module's (benchmarks/RESULTS.md); a (k², k²)
+    float64 covariance costs little beside the convolution.
     """
     wide = patches.to(torch.float64)
     mean = wide.mean(dim=0)

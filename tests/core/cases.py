@@ -271,6 +271,57 @@ def sign_norm_scales(net: torch.nn.Module, generator: torch.Generator) -> None:
                 bias.copy_(0.5 * torch.randn(bias.shape, generator=generator, dtype=bias.dtype))
 
 
+def float32_batch(batch: TaskBatch) -> TaskBatch:
+    """``batch`` with its float tensors rounded to float32."""
+    return TaskBatch(*(t.float() if t.is_floating_point() else t for t in batch.tensors()))
+
+
+def engine_vector(learner: MetaLearner, batch: TaskBatch, strategy: str, step_weights=None) -> torch.Tensor:
+    """The engine's meta-gradient (net weights, then learned rates) as one float64 vector."""
+    learner.zero_grad(set_to_none=True)
+    accumulate(learner, batch, strategy, step_weights)
+    parts = [torch.zeros_like(p) if p.grad is None else p.grad for p in learner.net.parameters()]
+    parts += [lr.grad for lr in learner.lrs]
+    return torch.cat([p.flatten().double().cpu() for p in parts])
+
+
+def reference_vector(
+    learner: MetaLearner, batch: TaskBatch, step_weights=None, weights: dict | None = None
+) -> torch.Tensor:
+    """``reference.meta_gradient`` in float64 at ``learner``'s weights (or ``weights``) and
+    rates on ``batch`` (on the CPU), laid out as :func:`engine_vector`."""
+    names = [name for name, _ in learner.net.named_parameters()]
+    if weights is None:
+        weights = {name: p.detach().double().cpu() for name, p in learner.net.named_parameters()}
+    lrs = {name: lr.detach().double().cpu() for name, lr in zip(learner.adapted_names, learner.lrs)}
+    tensors = [t.double().cpu() if t.is_floating_point() else t.cpu() for t in batch.tensors()]
+    _, weight_grads, lr_grads = load("reference").meta_gradient(
+        learner.arch, learner.algo, learner.kind, weights, lrs, *tensors, step_weights=step_weights
+    )
+    parts = [weight_grads[name] for name in names]
+    parts += [lr_grads[name] for name in learner.adapted_names if lr_grads]
+    return torch.cat([p.flatten() for p in parts])
+
+
+KINK_STEP = 1e-6
+"""Relative move of the weights in :func:`kink`: ten times float32's rounding."""
+
+
+def kink(learner: MetaLearner, batch: TaskBatch, step_weights, want: torch.Tensor) -> float:
+    """``‖g(θ+δ) + g(θ−δ) − 2·g(θ)‖ / ‖g(θ)‖`` of the float64 meta-gradient ``g``
+    (``want = g(θ)``) for a random relative move ``δ`` of the weights of size
+    :data:`KINK_STEP`: about 0 where ``g`` is smooth, the size of the jump where a ReLU or
+    max-pool decision switches within reach (then float32 and float64 may take different sides)."""
+    g = torch.Generator().manual_seed(7)
+    weights = {name: p.detach().double().cpu() for name, p in learner.net.named_parameters()}
+    move = {n: KINK_STEP * w * torch.randn(w.shape, generator=g, dtype=w.dtype) for n, w in weights.items()}
+    plus, minus = (
+        reference_vector(learner, batch, step_weights, {n: w + sign * move[n] for n, w in weights.items()})
+        for sign in (1, -1)
+    )
+    return ((plus + minus - 2 * want).norm() / want.norm()).item()
+
+
 def relative_errors(got: dict, want: dict) -> dict[str, float]:
     """Per tensor: max|got - want| / max|want|, or max|got| where ``want`` is structurally zero."""
     assert set(got) == set(want)

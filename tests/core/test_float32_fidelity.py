@@ -17,7 +17,7 @@ Per case, over :data:`BATCHES` input batches:
   :data:`LOOP_FACTOR` times the loop's on the same inputs.
 
 The batches are the first seeds at which the float64 meta-gradient is smooth at float32's
-resolution (:func:`kink`). At some inputs a ReLU or max-pool decision lies within rounding
+resolution (``cases.kink``). At some inputs a ReLU or max-pool decision lies within rounding
 of its switching point; float32 and float64 then take different sides and the meta-
 gradients differ by the jump (1e-4 to 4e-2 here, in the loop's float32 run as in any
 other): a property of the function, not an error of the engine, and not what this measures.
@@ -45,18 +45,15 @@ def _load(name: str):
 
 
 cases = _load("cases")
-reference = _load("reference")
 
 BATCHES = 3
 REL_L2 = 1e-4
 LOOP_FACTOR = 3.0
 SEEDS = 10
 """Seeds tried per case to find :data:`BATCHES` smooth ones."""
-STEP = 1e-6
-"""Relative move of the weights in :func:`kink`: ten times float32's rounding."""
 KINK = 1e-8
-"""Largest second difference (relative) of a smooth meta-gradient: a smooth one's is about
-``STEP²`` times its curvature (< 1e-10 here); crossing a switching point gives the jump."""
+"""Largest :func:`cases.kink` of a smooth meta-gradient: a smooth one's is about
+``KINK_STEP²`` times its curvature (< 1e-10 here); crossing a switching point gives the jump."""
 
 SOURCES = [
     (problem, images)
@@ -75,52 +72,9 @@ def _skip_missing(images: str) -> None:
 
 
 def _batch(problem: str, images: str, seed: int):
-    """The float64 batch rounded to float32 (the reference then sees exactly the same inputs)."""
-    batch = cases.make_batch(problem, seed, images="gaussian" if images == "sinusoid" else images)
-    return type(batch)(*(t.float() if t.is_floating_point() else t for t in batch.tensors()))
-
-
-def _as_float64(batch):
-    return [t.double() if t.is_floating_point() else t for t in batch.tensors()]
-
-
-def _names(learner) -> tuple[list[str], list[str]]:
-    return [name for name, _ in learner.net.named_parameters()], list(learner.adapted_names)
-
-
-def _engine(learner, batch, strategy: str, step_weights) -> torch.Tensor:
-    learner.zero_grad(set_to_none=True)
-    cases.accumulate(learner, batch, strategy, step_weights)
-    parts = [torch.zeros_like(p) if p.grad is None else p.grad for p in learner.net.parameters()]
-    parts += [lr.grad for lr in learner.lrs]
-    return torch.cat([p.flatten().double() for p in parts])
-
-
-def _reference(learner, problem: str, batch, step_weights, weights=None) -> torch.Tensor:
-    spec = cases.FLOAT32_PROBLEMS[problem]
-    net_names, adapted = _names(learner)
-    weights = weights or {name: p.detach().double() for name, p in learner.net.named_parameters()}
-    lrs = {name: lr.detach().double() for name, lr in zip(adapted, learner.lrs)}
-    _, weight_grads, lr_grads = reference.meta_gradient(
-        spec["arch"], learner.algo, spec["kind"], weights, lrs, *_as_float64(batch),
-        step_weights=step_weights,
-    )
-    parts = [weight_grads[name] for name in net_names] + [lr_grads[name] for name in adapted if lr_grads]
-    return torch.cat([p.flatten() for p in parts])
-
-
-def kink(learner, problem: str, batch, step_weights, want: torch.Tensor) -> float:
-    """``‖g(θ+δ) + g(θ−δ) − 2·g(θ)‖ / ‖g(θ)‖`` of the float64 meta-gradient ``g`` for a
-    random relative move ``δ`` of the weights of size :data:`STEP`: about 0 where ``g`` is
-    smooth, the size of the jump where a ReLU or max-pool decision switches within reach."""
-    g = torch.Generator().manual_seed(7)
-    weights = {name: p.detach().double() for name, p in learner.net.named_parameters()}
-    move = {name: STEP * w * torch.randn(w.shape, generator=g, dtype=w.dtype) for name, w in weights.items()}
-    plus, minus = (
-        _reference(learner, problem, batch, step_weights, {n: w + sign * move[n] for n, w in weights.items()})
-        for sign in (1, -1)
-    )
-    return ((plus + minus - 2 * want).norm() / want.norm()).item()
+    """The batch rounded to float32 (the reference then sees exactly the same inputs)."""
+    source = "gaussian" if images == "sinusoid" else images  # the MLP's batch is sinusoid tasks
+    return cases.float32_batch(cases.make_batch(problem, seed, images=source))
 
 
 @functools.cache
@@ -131,13 +85,13 @@ def measured(problem: str, images: str, case: str):
     for seed in range(SEEDS):
         learner = cases.make_learner(problem, case, seed=seed).float()
         batch = _batch(problem, images, seed)
-        want = _reference(learner, problem, batch, step_weights)
-        jump = kink(learner, problem, batch, step_weights, want)
+        want = cases.reference_vector(learner, batch, step_weights)
+        jump = cases.kink(learner, batch, step_weights, want)
         if jump > KINK:
             rough[seed] = jump
             continue
         got = {
-            strategy: _engine(learner, batch, strategy, step_weights)
+            strategy: cases.engine_vector(learner, batch, strategy, step_weights)
             for strategy in cases.STRATEGIES
             if cases.supports(case, strategy)
         }
@@ -177,12 +131,12 @@ def test_float32_meta_gradient_is_as_accurate_as_the_loop(source, case):
 
 def test_the_kink_detector_sees_a_switching_decision():
     """At a seed where float32 and float64 take different sides of a decision, the float64
-    meta-gradient has a kink there, and :func:`kink` sees it: the jump the float32 runs showed."""
+    meta-gradient has a kink there, and ``cases.kink`` sees it: the jump the float32 runs showed."""
     _, step_weights = cases.CASES["maml-second_order_steps"]
     learner = cases.make_learner("conv28", "maml-second_order_steps", seed=0).float()
     batch = _batch("conv28", "strokes", 0)
-    want = _reference(learner, "conv28", batch, step_weights)
-    assert kink(learner, "conv28", batch, step_weights, want) > 1e-3
+    want = cases.reference_vector(learner, batch, step_weights)
+    assert cases.kink(learner, batch, step_weights, want) > 1e-3
     _, rough = measured("conv28", "strokes", "maml-second_order_steps")
     assert 0 in rough
 
