@@ -307,19 +307,25 @@ KINK_STEP = 1e-6
 """Relative move of the weights in :func:`kink`: ten times float32's rounding."""
 
 
-def kink(learner: MetaLearner, batch: TaskBatch, step_weights, want: torch.Tensor) -> float:
-    """``‖g(θ+δ) + g(θ−δ) − 2·g(θ)‖ / ‖g(θ)‖`` of the float64 meta-gradient ``g``
-    (``want = g(θ)``) for a random relative move ``δ`` of the weights of size
+def kink(
+    learner: MetaLearner, batch: TaskBatch, step_weights, want: torch.Tensor, directions: int = 2
+) -> float:
+    """The largest ``‖g(θ+δ) + g(θ−δ) − 2·g(θ)‖ / ‖g(θ)‖`` of the float64 meta-gradient ``g``
+    (``want = g(θ)``) over ``directions`` random relative moves ``δ`` of the weights of size
     :data:`KINK_STEP`: about 0 where ``g`` is smooth, the size of the jump where a ReLU or
     max-pool decision switches within reach (then float32 and float64 may take different sides)."""
-    g = torch.Generator().manual_seed(7)
     weights = {name: p.detach().double().cpu() for name, p in learner.net.named_parameters()}
-    move = {n: KINK_STEP * w * torch.randn(w.shape, generator=g, dtype=w.dtype) for n, w in weights.items()}
-    plus, minus = (
-        reference_vector(learner, batch, step_weights, {n: w + sign * move[n] for n, w in weights.items()})
-        for sign in (1, -1)
-    )
-    return ((plus + minus - 2 * want).norm() / want.norm()).item()
+    worst = 0.0
+    for direction in range(directions):
+        g = torch.Generator().manual_seed(7 + direction)
+        move = {n: KINK_STEP * w * torch.randn(w.shape, generator=g, dtype=w.dtype)
+                for n, w in weights.items()}
+        plus, minus = (
+            reference_vector(learner, batch, step_weights, {n: w + s * move[n] for n, w in weights.items()})
+            for s in (1, -1)
+        )
+        worst = max(worst, ((plus + minus - 2 * want).norm() / want.norm()).item())
+    return worst
 
 
 def relative_errors(got: dict, want: dict) -> dict[str, float]:
