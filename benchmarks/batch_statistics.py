@@ -13,29 +13,15 @@ then the first block's 3×3 patch moments in float32 and in float64 (``core/batc
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _cases import cases  # first: puts this checkout first on sys.path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from maml_tune.core.batched import _channels_last, _patch_moments, _patches  # noqa: E402
-from maml_tune.core.nets import batch_statistics  # noqa: E402
-
-
-def _load_cases():
-    path = ROOT / "tests" / "core" / "cases.py"
-    spec = importlib.util.spec_from_file_location("maml_tune_tests_core_cases", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from maml_tune.core.batched import _channels_last, _patch_moments, _patches
+from maml_tune.core.nets import batch_statistics
 
 
 def timed(fn, repeat: int) -> tuple[float, object]:
@@ -54,7 +40,6 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=50)
     args = parser.parse_args()
-    cases = _load_cases()
     real = cases.OMNIGLOT_ARCHIVE.is_file()
     images = (cases.omniglot_images if real else cases.stroke_images)(75, 28, 0).float()
     x = _channels_last(images)

@@ -18,33 +18,17 @@ Needs only python3 and torch (and Pillow for ``--images omniglot``).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+from _cases import cases  # first: puts this checkout first on sys.path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from maml_tune.core.config import AlgoConfig, ArchConfig  # noqa: E402
-from maml_tune.core.learner import MetaLearner  # noqa: E402
-from maml_tune.core.tasks import TaskBatch  # noqa: E402
-
-
-def _load_cases():
-    path = ROOT / "tests" / "core" / "cases.py"
-    spec = importlib.util.spec_from_file_location("maml_tune_tests_core_cases", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-cases = _load_cases()
+from maml_tune.core.config import AlgoConfig, ArchConfig
+from maml_tune.core.learner import MetaLearner
+from maml_tune.core.tasks import TaskBatch
 
 WAYS, QUERIES = 5, 15
 

@@ -24,32 +24,19 @@ Needs only python3 and torch (no pytest, typer, optuna). Run from the repository
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _cases import cases  # first: puts this checkout first on sys.path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from maml_tune.core.config import AlgoConfig, ArchConfig
+from maml_tune.core.learner import MetaLearner
+from maml_tune.core.tasks import TaskBatch
 
-from maml_tune.core.config import AlgoConfig, ArchConfig  # noqa: E402
-from maml_tune.core.learner import MetaLearner  # noqa: E402
-from maml_tune.core.tasks import TaskBatch  # noqa: E402
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"gpu_check_{name}", ROOT / "tests" / "core" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-cases = _load("cases")
-reference = _load("reference")
+reference = cases.load("reference")
 
 
 def engine_gradients(problem: str, case: str, strategy: str, device: torch.device) -> dict:
