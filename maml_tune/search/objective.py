@@ -43,7 +43,7 @@ from maml_tune.search.spec import StudySpec
 USER_ATTRS = {
     "config": "the full resolved RunConfig (dict, RunConfig.from_dict inverts it)",
     "metrics": "val_/test_ loss, accuracy (classification) with _ci95 95% half-widths, "
-    "loss_before values, adaptation_cost, adaptation_time",
+    "loss_before values, _query_norm (how query sets were normalised), adaptation_cost, adaptation_time",
     "val_history": "[{iteration, loss_after, loss_after_ci95, accuracy_after?, …}] at every validation",
     "n_params": "meta-parameter count (network plus learned inner rates)",
     "n_adapted_params": "parameters changed by the inner loop",

@@ -49,6 +49,9 @@ def test_study_completes_resumes_and_opens_with_plain_optuna(write_spec, registr
         for key in ("val_loss", "val_loss_ci95", "test_loss", "test_loss_ci95", "adaptation_cost"):
             assert key in metrics
         assert trial.user_attrs["config"]["train"]["iterations"] == 30
+        # which query normalisation produced the metrics: the run's own (the default)
+        assert metrics["val_query_norm"] == metrics["test_query_norm"] == "transductive"
+        assert trial.user_attrs["config"]["algo"]["query_norm"] == "transductive"
         assert trial.user_attrs["device"] == "cpu"
         assert trial.value == pytest.approx(metrics["val_loss"])
     # only the top-1 checkpoint is kept
