@@ -30,11 +30,11 @@ def batch_statistics(x: torch.Tensor, stat_rows: int | None = None) -> tuple[tor
     """(biased variance, mean) per channel of ``x`` ``(N, C, H, W)`` over (N, H, W), from its
     first ``stat_rows`` examples (``None``: all of them).
 
-    Two passes (the mean, then the mean squared deviation): in float32 within ~3e-7 of
+    Two passes (the mean, then the mean squared deviation): in float32 within ~5e-7 of
     float64 in either memory layout, where the batch-norm kernels' statistics of a
-    channels-last CPU tensor err by ~3e-4 of a standard deviation on sparse images, and
-    5-6x faster on CPU than the Welford reductions of ``torch.var``/``var_mean``
-    (benchmarks/RESULTS.md).
+    channels-last CPU tensor err by 3e-4 to 7e-4 of a standard deviation on sparse images,
+    and about 6x faster on CPU than the Welford reductions of ``torch.var``/``var_mean``
+    (``benchmarks/batch_statistics.py``, benchmarks/RESULTS.md).
     """
     sample = x[:stat_rows]
     mean = sample.mean(dim=(0, 2, 3))
