@@ -46,7 +46,7 @@ def engine_gradients(problem: str, case: str, strategy: str, device: torch.devic
     cases.accumulate(learner, cases.make_batch(problem, device=device), strategy, step_weights)
     out = {name: (torch.zeros_like(p) if p.grad is None else p.grad).detach().cpu()
            for name, p in learner.net.named_parameters()}
-    for name, lr in zip(learner.adapted_names, learner.lrs):
+    for name, lr in zip(learner.learned_rate_names, learner.lrs):
         out[f"lr:{name}"] = None if lr.grad is None else lr.grad.detach().cpu()
     return out
 
@@ -57,7 +57,7 @@ def reference_gradients(problem: str, case: str) -> dict:
     _, step_weights = cases.CASES[case]
     _, weight_grads, lr_grads = reference.meta_gradient(
         spec["arch"], learner.algo, spec["kind"], learner.weights(),
-        dict(zip(learner.adapted_names, learner.lrs)), *cases.make_batch(problem).tensors(),
+        dict(zip(learner.learned_rate_names, learner.lrs)), *cases.make_batch(problem).tensors(),
         step_weights=step_weights,
     )
     return {**weight_grads, **{f"lr:{name}": g for name, g in lr_grads.items()}}

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from maml_tune.core.algorithms import algorithm
 from maml_tune.errors import ConfigError
 
-ALGORITHMS = ("maml", "fomaml", "anil", "metasgd", "lslr")
 ACTIVATIONS = ("relu", "tanh", "gelu", "silu", "leaky_relu")
 STRATEGIES = ("auto", "vmap", "loop", "batched")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -50,9 +50,9 @@ class ArchConfig:
 class AlgoConfig:
     """The MAML variant and its inner loop.
 
-    ``algorithm``: ``maml`` (second order unless ``first_order``), ``fomaml`` (always
-    first order), ``anil`` (only the head adapts), ``metasgd`` (learned per-parameter
-    inner learning rates) or ``lslr`` (MAML++'s learned per-layer, per-step rates).
+    ``algorithm`` names one of :data:`maml_tune.core.algorithms.ALGORITHMS` (``maml``,
+    ``fomaml``, ``anil``, ``boil``, ``metasgd``, ``lslr``, ``reptile``: see each module);
+    ``first_order`` drops the second-derivative terms of those that are not always first order.
     ``inner_lr`` is the (initial) inner learning rate; it may be negative.
     ``multi_step_loss`` is MAML++'s weighted sum of the query losses after every inner
     step, annealed to the final step over ``msl_anneal_iterations``.
@@ -87,7 +87,7 @@ class AlgoConfig:
     query_norm: str = "transductive"
 
     def __post_init__(self) -> None:
-        _choice("algo.algorithm", self.algorithm, ALGORITHMS)
+        algorithm(self.algorithm).validate(self)
         _choice("algo.query_norm", self.query_norm, QUERY_NORMS)
         if self.second_order_steps is not None:
             _at_least("algo.second_order_steps", self.second_order_steps, 0)
@@ -98,7 +98,7 @@ class AlgoConfig:
 
     @property
     def is_first_order(self) -> bool:
-        return self.first_order or self.algorithm == "fomaml"
+        return self.first_order or algorithm(self.algorithm).always_first_order
 
     @property
     def eval_inner_steps(self) -> int:

@@ -1,9 +1,9 @@
 """The meta-learner: a network's initial weights plus the inner learning rates, and the
 meta-objective computed over a batch of tasks by an interchangeable execution strategy.
 
-One code path serves every algorithm: MAML and first-order MAML differ by a flag, ANIL by
-the set of adapted parameters, Meta-SGD and LSLR by the shape of the learned rates, and
-MAML++'s multi-step loss by the per-step weights of the query loss.
+One code path serves every algorithm (:mod:`maml_tune.core.algorithms`): each says which
+parameters adapt, which inner rates are learned and what the meta-loss is; MAML++'s
+multi-step loss is the per-step weights of the query loss.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import vmap
 
+from maml_tune.core.algorithms import algorithm
 from maml_tune.core.batched import make_batched_forward, per_task_loss, stack_params
 from maml_tune.core.config import QUERY_NORMS, AlgoConfig, ArchConfig
-from maml_tune.core.inner import LossFn, Params, adapt, final_params, inner_trajectory, make_forward
+from maml_tune.core.inner import LossFn, Params, adapt, inner_trajectory, make_forward
 from maml_tune.core.nets import HEAD_PREFIX, BatchStatNorm, build_network
 from maml_tune.core.precision import autocast
 from maml_tune.core.tasks import TaskBatch
@@ -99,7 +100,8 @@ class BatchOutcome:
 
 
 class MetaLearner(nn.Module):
-    """Initial weights θ (``net``) and, for Meta-SGD / LSLR, the learned inner rates (``lrs``)."""
+    """Initial weights θ (``net``) and the learned inner rates (``lrs``, of the parameters named
+    in ``learned_rate_names``) of algorithms that learn them (Meta-SGD, LSLR)."""
 
     def __init__(
         self,
@@ -113,17 +115,17 @@ class MetaLearner(nn.Module):
         self.arch, self.algo, self.kind = arch, algo, kind
         self.input_shape, self.output_size = tuple(input_shape), output_size
         self.net = build_network(arch, self.input_shape, output_size)
-        names = [name for name, _ in self.net.named_parameters()]
-        if algo.algorithm == "anil":
-            names = [name for name in names if name.startswith(HEAD_PREFIX)]
-        self.adapted_names = names
-        shapes = dict((name, p.shape) for name, p in self.net.named_parameters())
-        self.lrs = nn.ParameterList()
-        if algo.algorithm == "metasgd":
-            for name in names:
-                self.lrs.append(nn.Parameter(torch.full((1, *shapes[name]), algo.inner_lr)))
-        elif algo.algorithm == "lslr":
-            self.lrs.extend(nn.Parameter(torch.full((algo.inner_steps,), algo.inner_lr)) for _ in names)
+        self.algorithm = algorithm(algo.algorithm)
+        shapes = {name: p.shape for name, p in self.net.named_parameters()}
+        self.adapted_names = self.algorithm.adapted(list(shapes), HEAD_PREFIX)
+        rate_shapes = {
+            name: self.algorithm.learned_rate_shape(shapes[name], algo.inner_steps)
+            for name in self.adapted_names
+        }
+        self.learned_rate_names = [name for name, shape in rate_shapes.items() if shape is not None]
+        self.lrs = nn.ParameterList(
+            nn.Parameter(torch.full(rate_shapes[name], algo.inner_lr)) for name in self.learned_rate_names
+        )
         self.loss_fn = loss_function(kind)
         self.functional_forward = make_forward(self.net, dict(self.net.named_buffers()))
         self.batched_forward = make_batched_forward(self.net)
@@ -136,9 +138,8 @@ class MetaLearner(nn.Module):
 
     def inner_lrs(self) -> dict[str, torch.Tensor | float]:
         """The inner learning rate of each adapted parameter (fixed floats or learned tensors)."""
-        if len(self.lrs):
-            return dict(zip(self.adapted_names, self.lrs))
-        return {name: float(self.algo.inner_lr) for name in self.adapted_names}
+        learned = dict(zip(self.learned_rate_names, self.lrs))
+        return {name: learned.get(name, float(self.algo.inner_lr)) for name in self.adapted_names}
 
     def adapt(
         self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int, first_order: bool = False
@@ -190,7 +191,8 @@ class MetaLearner(nn.Module):
         batched: bool = False,
         functional_grad: bool = True,
     ) -> torch.Tensor:
-        """The meta-loss: the query loss after adaptation (or MAML++'s weighted sum over steps).
+        """The meta-loss of the algorithm (:meth:`Algorithm.meta_loss`; MAML's: the query loss
+        after adaptation, or MAML++'s weighted sum over steps).
 
         Per task (unbatched tensors) it returns a scalar. With ``batched``, ``params`` are
         stacked over tasks, the tensors carry a leading task dimension, and it returns the
@@ -218,10 +220,7 @@ class MetaLearner(nn.Module):
         def loss_of(adapted: Params) -> torch.Tensor:
             return query_loss(self.query_outputs(adapted, support_x, query_x, mode, batched=batched), query_y)
 
-        if step_weights is None:
-            return loss_of(final_params(trajectory, params))
-        losses = [weight * loss_of(adapted) for weight, adapted in zip(step_weights, trajectory, strict=True)]
-        return torch.stack(losses).sum(dim=0)
+        return self.algorithm.meta_loss(params, trajectory, loss_of, step_weights, int(batched))
 
     def accumulate_meta_gradient(
         self,

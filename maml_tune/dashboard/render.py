@@ -17,6 +17,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from maml_tune.core.algorithms import ALGORITHMS
 from maml_tune.dashboard.charts import Chart, Series, bar
 from maml_tune.dashboard.source import TrialRecord, finite
 from maml_tune.dashboard.state import View, ci95, curve, key_params
@@ -155,7 +156,8 @@ def short(value: Any) -> str:
 def _top_cells(record: TrialRecord) -> dict[str, Any]:
     params = key_params(record)
     algo = params.get("algorithm", "-")
-    if "order" in params and algo in ("maml", "anil", "metasgd", "lslr"):
+    known = ALGORITHMS.get(algo)
+    if "order" in params and known is not None and not known.always_first_order:
         algo += f" {params['order']}"
     steps = params.get("steps", "-")
     test_steps = params.get("test steps") or steps

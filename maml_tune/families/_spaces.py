@@ -10,8 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from maml_tune.core.algorithms import ALGORITHMS
+
+_DEFAULT_ORDER = ("maml", "fomaml", "anil", "metasgd", "lslr")
+"""The default space's algorithms in the order trials have always sampled them (a
+categorical's choice order changes what a seeded sampler draws); newer ones follow."""
+
+
+def _searched_algorithms() -> list[str]:
+    searched = [name for name, algo in ALGORITHMS.items() if algo.searched_by_default]
+    return sorted(searched, key=lambda name: (_DEFAULT_ORDER + (name,)).index(name))
+
+
 _COMMON: dict[str, dict[str, Any]] = {
-    "algo.algorithm": {"type": "categorical", "choices": ["maml", "fomaml", "anil", "metasgd", "lslr"]},
+    "algo.algorithm": {"type": "categorical", "choices": _searched_algorithms()},
     "algo.first_order": {"type": "categorical", "choices": [False, True]},
     "algo.inner_lr": {"type": "float", "low": 1e-3, "high": 1.0, "log": True},
     "algo.inner_steps": {"type": "int", "low": 1, "high": 5},

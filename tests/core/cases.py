@@ -101,6 +101,9 @@ CASES = {
         None,
     ),
     "anil": ({"algorithm": "anil", "inner_steps": 2}, None),
+    "boil": ({"algorithm": "boil", "inner_steps": 2}, None),
+    "boil-support_norm": ({"algorithm": "boil", "inner_steps": 2, "query_norm": "support"}, None),
+    "reptile": ({"algorithm": "reptile", "inner_steps": 3}, None),
     "metasgd": ({"algorithm": "metasgd", "inner_steps": 2}, None),
     "lslr": ({"algorithm": "lslr", "inner_steps": 3}, None),
     "multi_step_loss": ({"algorithm": "maml", "inner_steps": 3}, (0.2, 0.3, 0.5)),
@@ -293,13 +296,13 @@ def reference_vector(
     names = [name for name, _ in learner.net.named_parameters()]
     if weights is None:
         weights = {name: p.detach().double().cpu() for name, p in learner.net.named_parameters()}
-    lrs = {name: lr.detach().double().cpu() for name, lr in zip(learner.adapted_names, learner.lrs)}
+    lrs = {name: lr.detach().double().cpu() for name, lr in zip(learner.learned_rate_names, learner.lrs)}
     tensors = [t.double().cpu() if t.is_floating_point() else t.cpu() for t in batch.tensors()]
     _, weight_grads, lr_grads = load("reference").meta_gradient(
         learner.arch, learner.algo, learner.kind, weights, lrs, *tensors, step_weights=step_weights
     )
     parts = [weight_grads[name] for name in names]
-    parts += [lr_grads[name] for name in learner.adapted_names if lr_grads]
+    parts += [lr_grads[name] for name in learner.learned_rate_names]
     return torch.cat([p.flatten() for p in parts])
 
 

@@ -3,7 +3,8 @@
 Nothing here uses maml_tune's networks or inner loop: the forward pass is written out with
 ``torch.nn.functional`` (and a hand-written batch-statistics norm), the inner loop is plain
 ``torch.autograd.grad`` one task at a time, and the meta-gradient is a final
-``torch.autograd.grad`` of the mean query loss. Only the parameter *names* follow the
+``torch.autograd.grad`` of the mean query loss (Reptile's, which has no query-loss
+gradient, is written out: the mean of θ − θ' over tasks). Only the parameter *names* follow the
 layout of ``maml_tune.core.nets`` (``body.<index>.<weight|bias>`` and ``head.*``), so the
 results can be compared name by name; the tests assert that the name sets coincide.
 """
@@ -138,7 +139,7 @@ def meta_gradient(
             return loss_fn(forward(arch, params, qx), qy)
         return loss_fn(forward(arch, params, torch.cat([sx, qx]), len(sx))[len(sx) :], qy)
 
-    first_order = algo.first_order or algo.algorithm == "fomaml"
+    first_order = algo.first_order or algo.algorithm in ("fomaml", "reptile")
     steps = algo.inner_steps
     # Only the last ``second_order_steps`` steps (all when None) are differentiated twice;
     # a step taken with create_graph=False yields a constant gradient (first order).
@@ -151,6 +152,8 @@ def meta_gradient(
     }
     if algo.algorithm == "anil":
         adapted = [name for name in theta if name.startswith("head.")]
+    elif algo.algorithm == "boil":
+        adapted = [name for name in theta if not name.startswith("head.")]
     else:
         adapted = list(theta)
     learned = algo.algorithm in ("metasgd", "lslr")
@@ -161,7 +164,7 @@ def meta_gradient(
     else:
         rates = {name: float(algo.inner_lr) for name in adapted}
 
-    task_losses = []
+    task_losses, pulls = [], []
     for t in range(support_x.shape[0]):
         sx, sy, qx, qy = support_x[t], support_y[t], query_x[t], query_y[t]
         fast = {name: theta[name] for name in adapted}
@@ -180,11 +183,20 @@ def meta_gradient(
             }
             if step_weights is not None:
                 per_step.append(query_loss({**theta, **fast}, sx, qx, qy))
+        pulls.append({name: (theta[name] - fast[name]).detach() for name in adapted})
         if step_weights is None:
             task_losses.append(query_loss({**theta, **fast}, sx, qx, qy))
         else:
             task_losses.append(sum(w * loss for w, loss in zip(step_weights, per_step)))
     meta_loss = torch.stack(task_losses).mean()
+    if algo.algorithm == "reptile":
+        weight_grads = {
+            name: torch.stack([pull[name] for pull in pulls]).mean(0)
+            if name in adapted
+            else torch.zeros_like(w)
+            for name, w in theta.items()
+        }
+        return meta_loss.detach(), weight_grads, {}
 
     wrt = list(theta.values()) + (list(rates.values()) if learned else [])
     grads = torch.autograd.grad(meta_loss, wrt, allow_unused=True)
