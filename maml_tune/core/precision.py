@@ -25,7 +25,3 @@ def autocast(precision: str, device: torch.device | str) -> ContextManager:
         return contextlib.nullcontext()
     device_type = torch.device(device).type
     return torch.autocast(device_type=device_type, dtype=dtype)
-
-
-def is_low_precision(x: torch.Tensor) -> bool:
-    return x.dtype in (torch.bfloat16, torch.float16)

@@ -36,10 +36,6 @@ class TaskBatch:
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return (self.support_x, self.support_y, self.query_x, self.query_y)
 
-    def task(self, index: int) -> TaskBatch:
-        """The single task ``index``, keeping a leading task dimension of 1."""
-        return TaskBatch(*(t[index : index + 1] for t in self.tensors()))
-
     def chunks(self, size: int) -> list[TaskBatch]:
         return [
             TaskBatch(*(t[start : start + size] for t in self.tensors()))

@@ -257,7 +257,6 @@ class SqlSource:
         self._by_number: dict[int, TrialRecord] = {}
         self._watermark = 0
         self._dist_cache: dict[str, Any] = {}
-        self.refreshes = 0
         self.last = RefreshStats()
         self.info = self._load_info(study)
 
@@ -351,7 +350,6 @@ class SqlSource:
             if not rows:
                 stats.seconds = time.perf_counter() - started
                 self.last = stats
-                self.refreshes += 1
                 return stats
             old_mark = self._watermark
             new_mark = max([old_mark] + [r.trial_id for r in rows])
@@ -373,7 +371,6 @@ class SqlSource:
             self._watermark = new_mark
         stats.seconds = time.perf_counter() - started
         self.last = stats
-        self.refreshes += 1
         return stats
 
     def _range_or_ids(self, column, old_mark: int, new_mark: int, ids: list[int]):
@@ -515,7 +512,6 @@ class OptunaSource(SqlSource):
         self._study = load(url, study)
         self.trials = {}
         self._by_number = {}
-        self.refreshes = 0
         self.last = RefreshStats()
         s = self._study
         self.info = StudyInfo(
@@ -543,7 +539,6 @@ class OptunaSource(SqlSource):
             self._by_number[t.number] = record
         stats.seconds = time.perf_counter() - started
         self.last = stats
-        self.refreshes += 1
         return stats
 
     def details(self, records: Iterable[TrialRecord], *, force: bool = False) -> None:

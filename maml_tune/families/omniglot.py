@@ -45,7 +45,6 @@ BACKGROUND_ARCHIVES = (
 EVALUATION_ARCHIVES = ("images_evaluation",)
 DATA_URL = "https://github.com/brendenlake/omniglot"
 DATA_ENV = "MAML_TUNE_DATA"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 _ROTATIONS = 4
 _MIN_ALPHABETS_FOR_AUTO = 5
@@ -331,38 +330,6 @@ def preprocess_images(images: Sequence[ImageInput], image_size: int) -> torch.Te
     if not arrays:
         return torch.zeros(0, 1, image_size, image_size)
     return _to_float(torch.from_numpy(np.stack(arrays))).unsqueeze(1)
-
-
-def load_image_folder(
-    path: str | os.PathLike[str], image_size: int = 28
-) -> tuple[torch.Tensor, torch.Tensor, list[str], list[Path]]:
-    """Read ``path/<class>/<image>`` into ``(images, labels, class_names, files)``.
-
-    ``images`` is :func:`preprocess_images`'s ``(B, 1, H, W)`` float32, ``labels`` int64
-    indices into ``class_names`` (sub-folder names, sorted), ``files`` the image paths in
-    the same order. Hidden files and files that are not images are skipped. Raises
-    :class:`~maml_tune.errors.DataError` when the folder or a class is empty.
-    """
-    root = Path(path)
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist or is not a folder")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise DataError(f"image folder {root} has no class sub-folders (expected {root}/<class>/)")
-    files: list[Path] = []
-    labels: list[int] = []
-    for label, class_dir in enumerate(class_dirs):
-        found = sorted(
-            p
-            for p in class_dir.iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if not found:
-            raise DataError(f"class folder {class_dir} has no images ({', '.join(IMAGE_SUFFIXES)})")
-        files += found
-        labels += [label] * len(found)
-    images = preprocess_images(files, image_size)
-    return images, torch.tensor(labels, dtype=torch.int64), [p.name for p in class_dirs], files
 
 
 def default_cache_dir() -> Path:

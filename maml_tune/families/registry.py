@@ -348,8 +348,3 @@ def contract_problem(family: Any) -> str | None:
         except MamlTuneError as exc:
             return f"default of {exc}"
     return None
-
-
-def load_family(name: str, options: dict[str, Any] | None = None, plugins_dir: str | None = None):
-    """Shortcut: an instance of family ``name`` from a fresh :class:`Registry`."""
-    return Registry(plugins_dir).create(name, options)

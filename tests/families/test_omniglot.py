@@ -24,7 +24,6 @@ from maml_tune.families.omniglot import (
     DATA_ENV,
     Omniglot,
     default_cache_dir,
-    load_image_folder,
     preprocess_images,
 )
 from maml_tune.families.testing import TaskFamilyConformance
@@ -349,24 +348,6 @@ def test_preprocess_rejects_unreadable_files(tmp_path):
     bad.write_bytes(b"nope")
     with pytest.raises(DataError, match="x.png"):
         preprocess_images([bad], 28)
-
-
-def test_load_image_folder(tmp_path):
-    for class_name, character in (("beta", 2), ("alpha", 1)):
-        (tmp_path / class_name).mkdir()
-        for drawer in range(1, 3 + character):
-            fixture.drawing("A", character, drawer).save(tmp_path / class_name / f"{drawer}.png")
-    (tmp_path / "alpha" / "notes.txt").write_text("skipped")
-    images, labels, names, files = load_image_folder(tmp_path, image_size=20)
-    assert names == ["alpha", "beta"]
-    assert images.shape == (7, 1, 20, 20) and images.dtype == torch.float32
-    assert labels.tolist() == [0] * 3 + [1] * 4
-    assert [f.parent.name for f in files] == ["alpha"] * 3 + ["beta"] * 4
-    assert torch.equal(images[:1], preprocess_images(files[:1], 20))
-
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="empty"):
-        load_image_folder(tmp_path)
 
 
 def test_literature_config():
