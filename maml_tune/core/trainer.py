@@ -182,8 +182,8 @@ class MetaTrainer:
 
     def _clip_or_fail(self, learner: MetaLearner, iteration: int, allow_overflow: bool = False) -> bool:
         """Clip the meta-gradient; False when it is not finite and ``allow_overflow`` (fp16)."""
-        grads = [p.grad for p in learner.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)
+        params = [p for p in learner.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if not torch.isfinite(norm):
             if allow_overflow:
                 return False
@@ -191,7 +191,8 @@ class MetaTrainer:
                 f"meta-gradient norm became {norm.item()} at iteration {iteration}", iteration
             )
         if self.config.train.grad_clip is not None:
-            torch.nn.utils.clip_grads_with_norm_(grads, self.config.train.grad_clip, norm)
+            # Takes the parameters (it scales their .grad), not the gradients.
+            torch.nn.utils.clip_grads_with_norm_(params, self.config.train.grad_clip, norm)
         return True
 
     def _validate(self, learner: MetaLearner, iteration: int, result: TrainResult) -> None:

@@ -111,3 +111,62 @@ def test_run_config_round_trips_and_rejects_unknown_keys():
     with pytest.raises(ConfigError, match="expected a number"):
         config.override({"algo.inner_lr": "fast"})
     assert config.override({"inner_lr": "-0.5"}).algo.inner_lr == -0.5
+
+
+def _spy_on_steps(monkeypatch):
+    """Records, at every optimiser step, the meta-gradient's total norm and the multi-step
+    weights the meta-batch was computed with."""
+    from maml_tune.core.learner import MetaLearner
+
+    seen = {"norms": [], "weights": []}
+    accumulate, step = MetaLearner.accumulate_meta_gradient, torch.optim.Adam.step
+
+    def recording_accumulate(self, batch, strategy, step_weights=None, *args, **kwargs):
+        seen["weights"].append(step_weights)
+        return accumulate(self, batch, strategy, step_weights, *args, **kwargs)
+
+    def recording_step(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        seen["norms"].append(torch.nn.utils.get_total_norm(grads).item())
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(MetaLearner, "accumulate_meta_gradient", recording_accumulate)
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    return seen
+
+
+def test_grad_clip_bounds_every_applied_meta_gradient(monkeypatch):
+    seen = _spy_on_steps(monkeypatch)
+    MetaTrainer(_config(**{"train.iterations": 5, "train.val_interval": 5}), Sinusoid(), CPU).run()
+    unclipped = seen["norms"][:]
+    assert min(unclipped) > 0.2, unclipped  # the clip below binds at every step
+    seen["norms"].clear()
+    MetaTrainer(_config(**{"train.iterations": 5, "train.val_interval": 5, "train.grad_clip": 0.1}),
+                Sinusoid(), CPU).run()
+    assert len(seen["norms"]) == 5 and max(seen["norms"]) <= 0.1 * (1 + 1e-5), seen["norms"]
+
+
+def test_cosine_schedule_anneals_the_reported_meta_lr():
+    rates = []
+
+    class Rates(TrainerCallback):
+        def on_iteration(self, report):
+            rates.append(report.meta_lr)
+
+    iterations, meta_lr = 8, 1e-3
+    config = _config(**{"train.iterations": iterations, "train.val_interval": iterations,
+                        "train.cosine": True, "train.meta_lr": meta_lr})
+    MetaTrainer(config, Sinusoid(), CPU, [Rates()]).run()
+    # The rate each iteration's step used: cosine from meta_lr towards 0 over the run.
+    want = [meta_lr * (1 + math.cos(math.pi * i / iterations)) / 2 for i in range(iterations)]
+    assert rates == pytest.approx(want, rel=1e-9)
+
+
+def test_multi_step_weights_follow_the_iteration_they_are_used_at(monkeypatch):
+    seen = _spy_on_steps(monkeypatch)
+    config = _config(**{"train.iterations": 4, "train.val_interval": 4, "algo.inner_steps": 3,
+                        "algo.multi_step_loss": True, "algo.msl_anneal_iterations": 2})
+    MetaTrainer(config, Sinusoid(), CPU).run()
+    # Iteration 1 uses the weights at 0 (uniform), and so on; they are annealed by iteration 2.
+    assert seen["weights"] == [multi_step_weights(config.algo, i) for i in range(4)]
+    assert seen["weights"][0] == pytest.approx([1 / 3] * 3)
