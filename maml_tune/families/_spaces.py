@@ -12,14 +12,13 @@ from typing import Any
 
 from maml_tune.core.algorithms import ALGORITHMS
 
-_DEFAULT_ORDER = ("maml", "fomaml", "anil", "metasgd", "lslr")
-"""The default space's algorithms in the order trials have always sampled them (a
-categorical's choice order changes what a seeded sampler draws); newer ones follow."""
+_FIRST = ("maml", "fomaml", "anil", "metasgd", "lslr")
+"""These lead the choices in the order trials have always sampled them (a categorical's
+choice order changes what a seeded sampler draws); every other registered one follows."""
 
 
 def _searched_algorithms() -> list[str]:
-    searched = [name for name, algo in ALGORITHMS.items() if algo.searched_by_default]
-    return sorted(searched, key=lambda name: (_DEFAULT_ORDER + (name,)).index(name))
+    return sorted(ALGORITHMS, key=lambda name: (_FIRST.index(name) if name in _FIRST else len(_FIRST), name))
 
 
 _COMMON: dict[str, dict[str, Any]] = {

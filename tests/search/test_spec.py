@@ -72,7 +72,7 @@ def _error(write_spec, registry, text: str) -> str:
             "non-empty",
         ),
         (
-            '[space]\n"algo.algorithm" = { type = "categorical", choices = ["maml", "reptile"] }\n',
+            '[space]\n"algo.algorithm" = { type = "categorical", choices = ["maml", "imaml"] }\n',
             "space.algo.algorithm.choices[1]",
             "expected one of",
         ),

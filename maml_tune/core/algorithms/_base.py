@@ -34,8 +34,6 @@ class Algorithm:
     always_first_order: ClassVar[bool] = False
     """The meta-gradient never differentiates through the inner steps' gradients, whatever
     ``algo.first_order`` says (so that setting is no choice for it)."""
-    searched_by_default: ClassVar[bool] = True
-    """Part of the built-in default search space's ``algo.algorithm`` choices."""
 
     def validate(self, algo: AlgoConfig) -> None:
         """Called when an :class:`AlgoConfig` naming this algorithm is built; raises

@@ -10,7 +10,6 @@ from maml_tune.core.algorithms._base import Algorithm
 class BOIL(Algorithm):
     name = "boil"
     summary = "BOIL (Oh et al. 2021): only the body adapts in the inner loop; the head is fixed"
-    searched_by_default = False
 
     def adapted(self, names: Sequence[str], head_prefix: str) -> list[str]:
         return [name for name in names if not name.startswith(head_prefix)]

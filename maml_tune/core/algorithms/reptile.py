@@ -20,7 +20,6 @@ class Reptile(Algorithm):
     name = "reptile"
     summary = "Reptile (Nichol et al. 2018): θ moves towards each task's adapted weights"
     always_first_order = True
-    searched_by_default = False
 
     def validate(self, algo) -> None:
         if algo.multi_step_loss:
