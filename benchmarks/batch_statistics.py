@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from _cases import cases  # first: puts this checkout first on sys.path
 
-from maml_tune.core.batched import _channels_last, _patch_moments, _patches
+from maml_tune.core.batched import channels_last
+from maml_tune.core.fused import conv_patches, patch_moments
 from maml_tune.core.nets import batch_statistics
 
 
@@ -42,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     real = cases.OMNIGLOT_ARCHIVE.is_file()
     images = (cases.omniglot_images if real else cases.stroke_images)(75, 28, 0).float()
-    x = _channels_last(images)
+    x = channels_last(images)
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(1, 64, 3, padding=1)
     y = F.conv2d(x, conv.weight.detach(), conv.bias.detach(), padding=1)
@@ -69,8 +70,8 @@ def main() -> None:
         var_err = ((var.double() - want_var) / want_var).abs().max().item()
         print(f"{name:34} {ms:7.2f} {mean_err:15.1e} {var_err:12.1e}")
 
-    patches = _patches(x, conv)
-    _, exact_cov = _patch_moments(patches)
+    patches = conv_patches(x, conv)
+    _, exact_cov = patch_moments(patches)
 
     def float32_moments():
         mean = patches.mean(dim=0)
@@ -81,7 +82,7 @@ def main() -> None:
     ms, (_, cov) = timed(float32_moments, args.repeat)
     err = ((cov.double() - exact_cov).abs().max() / exact_cov.abs().max()).item()
     print(f"{'float32':34} {ms:7.2f} {err:15.1e}")
-    ms, _ = timed(lambda: _patch_moments(patches), args.repeat)
+    ms, _ = timed(lambda: patch_moments(patches), args.repeat)
     print(f"{'float64 (core/batched.py)':34} {ms:7.2f} {'(reference)':>15}")
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maml_tune.core.batched import _channels_last, make_batched_forward, stack_params
+from maml_tune.core.batched import channels_last, make_batched_forward, stack_params
 from maml_tune.core.config import ArchConfig
 from maml_tune.core.nets import build_network
 
@@ -39,9 +39,9 @@ def test_channels_last_copy_makes_the_conv_output_channels_last_even_with_one_ch
     # convolutions fall back to the default layout, several times slower on CPU.
     x, filters = torch.rand(4, 1, 12, 12), torch.rand(8, 1, 3, 3)
     assert F.conv2d(x.contiguous(memory_format=torch.channels_last), filters).stride(1) != 1
-    out = F.conv2d(_channels_last(x), filters)
+    out = F.conv2d(channels_last(x), filters)
     assert out.stride(1) == 1 and out.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(_channels_last(x), x)
+    assert torch.equal(channels_last(x), x)
 
 
 def test_the_batched_conv_forward_runs_channels_last_on_cpu(monkeypatch):

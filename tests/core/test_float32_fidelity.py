@@ -159,20 +159,21 @@ def test_fused_block_statistics_are_exact_to_float32_rounding(images, n_tasks):
     within 1e-6 of a standard deviation, the variance within 1e-6 relative. (The batch-norm
     kernels' channels-last statistics err by ~3e-4 here; a float32 patch covariance by ~5e-6.)"""
     _skip_missing(images)
-    from maml_tune.core.batched import _channels_last, _DataConvPooledBatchNorm, _PooledBatchNorm
+    from maml_tune.core.batched import channels_last
+    from maml_tune.core.fused import DataConvPooledBatchNorm, PooledBatchNorm
 
     torch.manual_seed(0)
     conv, pool = torch.nn.Conv2d(1, 64, 3, padding=1), torch.nn.MaxPool2d(2, ceil_mode=True)
     source = cases.stroke_images if images == "strokes" else cases.omniglot_images
-    x = _channels_last(source(75 * n_tasks, 28, 3).float().view(75, n_tasks, 28, 28))
+    x = channels_last(source(75 * n_tasks, 28, 3).float().view(75, n_tasks, 28, 28))
     filters = conv.weight.detach().repeat(n_tasks, 1, 1, 1)
     bias = conv.bias.detach().repeat(n_tasks)
     scale, shift = torch.ones(64 * n_tasks), torch.zeros(64 * n_tasks)
     if n_tasks == 1:
-        outputs = _DataConvPooledBatchNorm.apply(x, filters, bias, scale, shift, 1e-5, conv, pool, None)
+        outputs = DataConvPooledBatchNorm.apply(x, filters, bias, scale, shift, 1e-5, conv, pool, None)
     else:
         y = torch.nn.functional.conv2d(x, filters, bias, padding=1, groups=n_tasks)
-        outputs = _PooledBatchNorm.apply(y, scale, shift, 1e-5, pool, None)
+        outputs = PooledBatchNorm.apply(y, scale, shift, 1e-5, pool, None)
     mean, var = outputs[3].double(), outputs[4].double()
     exact = torch.nn.functional.conv2d(x.double(), filters.double(), bias.double(), padding=1, groups=n_tasks)
     want_var, want_mean = torch.var_mean(exact, dim=(0, 2, 3), unbiased=False)
