@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from maml_tune.dashboard.source import SqlSource, StudyInfo, TrialRecord, finite, utcnow
+from maml_tune.dashboard.source import StudyInfo, StudySource, TrialRecord, finite, utcnow
 
 MIN_IMPORTANCE_TRIALS = 5
 """Completed trials needed before hyperparameter importance is evaluated."""
@@ -151,7 +151,7 @@ def curve(record: TrialRecord, metric: str | None) -> list[tuple[int, float]]:
 class Dashboard:
     """Keeps a source and the derived caches; :meth:`view` refreshes and returns a :class:`View`."""
 
-    def __init__(self, source: SqlSource, *, top_k: int = 5, importance_interval: float = 0.0):
+    def __init__(self, source: StudySource, *, top_k: int = 5, importance_interval: float = 0.0):
         self.source = source
         self.top_k = top_k
         self.importance_interval = importance_interval
