@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from maml_tune.dashboard.source import StudyInfo, StudySource, TrialRecord, finite, utcnow
+from maml_tune.dashboard.source import STATES, StudyInfo, StudySource, TrialRecord, finite, utcnow
 
 MIN_IMPORTANCE_TRIALS = 5
 """Completed trials needed before hyperparameter importance is evaluated."""
@@ -274,12 +274,7 @@ class Dashboard:
             self.source.refresh()
         trials = self.source.records()
         now = utcnow()
-        directions = self.info.directions
-        multi = len(directions) > 1
-        counts = {s.lower(): 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
-        for t in trials:
-            counts[t.state.lower()] = counts.get(t.state.lower(), 0) + 1
-        counts["total"] = len(trials)
+        multi = self.info.multi
         completed = self._completed()
         self._update_ranking(completed)
         top = self._ranked if multi else self._ranked[: self.top_k]
@@ -288,59 +283,21 @@ class Dashboard:
         best = None if multi or not self._ranked else self._ranked[0]
         running = [t for t in trials if t.state == "RUNNING"]
         curve_trials = list(self._ranked[:CURVE_BEST]) + running
+        # details (attributes, intermediate values) only for the trials a panel shows
         self.source.details({t.trial_id: t for t in top + curve_trials}.values())
         names = self.info.objective_names()
-        best_ci = [ci95(best, names[0])] if best else []
-        starts = [t.start for t in trials if t.start]
-        ends = [t.complete for t in trials if t.complete]
-        started = min(starts) if starts else None
-        finished = counts["complete"] + counts["pruned"] + counts["fail"]
-        elapsed = None
-        if started is not None:
-            until = now if running or not ends else max(ends)
-            elapsed = max((until - started).total_seconds(), 0.0)
-        per_hour = finished / (elapsed / 3600) if elapsed and elapsed > 0 else None
-        history: list[tuple[int, float]] = []
-        best_so_far: list[tuple[int, float]] = []
-        if not multi:
-            sign = _sign(directions[0])
-            current = None
-            for t in sorted(completed, key=lambda r: r.number):
-                history.append((t.number, t.values[0]))
-                if current is None or sign * t.values[0] < sign * current:
-                    current = t.values[0]
-                best_so_far.append((t.number, current))
-        front_points: list[tuple[float, float, int, bool]] = []
-        if multi:
-            on_front = {t.trial_id for t in self._front}
-            front_points = [(t.values[0], t.values[1], t.number, t.trial_id in on_front) for t in completed]
         metric = names[0] if names else None
-        curves = []
-        for t in curve_trials:
-            points = curve(t, metric)
-            if points:
-                label = f"#{t.number}" + (" (running)" if t.state == "RUNNING" else "")
-                curves.append((label, points))
-        running_rows = []
-        for t in sorted(running, key=lambda r: r.number):
-            points = curve(t, metric)
-            running_rows.append(
-                {
-                    "number": t.number,
-                    "step": points[-1][0] if points else None,
-                    "value": points[-1][1] if points else None,
-                    "elapsed": t.duration(now),
-                    "heartbeat_age": (now - t.heartbeat).total_seconds() if t.heartbeat else None,
-                    "params": key_params(t),
-                }
-            )
+        counts = state_counts(trials)
+        started, elapsed, per_hour = pace(trials, counts, now)
+        history, best_so_far = ([], []) if multi else history_points(completed, self.info.directions[0])
+        on_front = {t.trial_id for t in self._front}
         return View(
             info=self.info,
             url=self.source.masked_url,
             now=now,
             counts=counts,
             best=best,
-            best_ci=best_ci,
+            best_ci=[ci95(best, names[0])] if best else [],
             started=started,
             elapsed_s=elapsed,
             trials_per_hour=per_hour,
@@ -349,9 +306,87 @@ class Dashboard:
             history=history,
             best_so_far=best_so_far,
             importance=self.importance(completed, force=force_importance),
-            curves=curves,
-            running=running_rows,
-            front=front_points,
+            curves=curve_series(curve_trials, metric),
+            running=running_rows(running, metric, now),
+            front=(
+                [(t.values[0], t.values[1], t.number, t.trial_id in on_front) for t in completed]
+                if multi
+                else []
+            ),
             refresh_seconds=self.source.last.seconds,
             source_kind=self.source.kind,
         )
+
+
+# --------------------------------------------------------------------- view parts, one per panel
+
+
+def state_counts(trials: list[TrialRecord]) -> dict[str, int]:
+    """Trials by lower-case state (every state present, zero or not), plus ``total``."""
+    counts = {s.lower(): 0 for s in STATES}
+    for t in trials:
+        counts[t.state.lower()] = counts.get(t.state.lower(), 0) + 1
+    counts["total"] = len(trials)
+    return counts
+
+
+def pace(
+    trials: list[TrialRecord], counts: dict[str, int], now: Any
+) -> tuple[Any, float | None, float | None]:
+    """(first start, seconds elapsed, finished trials per hour); the clock stops at the last
+    completion once nothing runs."""
+    starts = [t.start for t in trials if t.start]
+    ends = [t.complete for t in trials if t.complete]
+    started = min(starts) if starts else None
+    finished = counts["complete"] + counts["pruned"] + counts["fail"]
+    elapsed = None
+    if started is not None:
+        running = any(t.state == "RUNNING" for t in trials)
+        until = now if running or not ends else max(ends)
+        elapsed = max((until - started).total_seconds(), 0.0)
+    per_hour = finished / (elapsed / 3600) if elapsed and elapsed > 0 else None
+    return started, elapsed, per_hour
+
+
+def history_points(
+    completed: list[TrialRecord], direction: str
+) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(value per trial, best value so far), by trial number."""
+    sign = _sign(direction)
+    history: list[tuple[int, float]] = []
+    best_so_far: list[tuple[int, float]] = []
+    current = None
+    for t in sorted(completed, key=lambda r: r.number):
+        history.append((t.number, t.values[0]))
+        if current is None or sign * t.values[0] < sign * current:
+            current = t.values[0]
+        best_so_far.append((t.number, current))
+    return history, best_so_far
+
+
+def curve_series(trials: list[TrialRecord], metric: str | None) -> list[tuple[str, list[tuple[int, float]]]]:
+    """(label, points) of each trial that reported a learning curve."""
+    out = []
+    for t in trials:
+        points = curve(t, metric)
+        if points:
+            out.append((f"#{t.number}" + (" (running)" if t.state == "RUNNING" else ""), points))
+    return out
+
+
+def running_rows(running: list[TrialRecord], metric: str | None, now: Any) -> list[dict[str, Any]]:
+    """One row per running trial: last reported step and value, elapsed time, heartbeat age."""
+    rows = []
+    for t in sorted(running, key=lambda r: r.number):
+        points = curve(t, metric)
+        rows.append(
+            {
+                "number": t.number,
+                "step": points[-1][0] if points else None,
+                "value": points[-1][1] if points else None,
+                "elapsed": t.duration(now),
+                "heartbeat_age": (now - t.heartbeat).total_seconds() if t.heartbeat else None,
+                "params": key_params(t),
+            }
+        )
+    return rows
