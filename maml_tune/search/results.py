@@ -113,7 +113,7 @@ def _directions(study: Any) -> list[str]:
     return [d.name.lower() for d in study.directions]
 
 
-def _best(study: Any) -> list[Any]:
+def best_trials(study: Any) -> list[Any]:
     """The best trial (single objective) or the Pareto set (multi-objective); empty if none completed."""
     completed = study.get_trials(deepcopy=False, states=(_optuna().trial.TrialState.COMPLETE,))
     if not completed:
@@ -127,7 +127,7 @@ def summary(study: Any) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     attrs = study.user_attrs.get(STUDY_ATTR, {}) or {}
     spec = attrs.get("spec", {})
-    best = _best(study)
+    best = best_trials(study)
     baseline = next((t for t in trials if t.user_attrs.get("baseline")), None)
     starts = [t.datetime_start for t in trials if t.datetime_start]
     return {
@@ -163,7 +163,7 @@ def show(url: str | None, name: str | None) -> dict[str, Any]:
 def best(url: str | None, name: str | None) -> dict[str, Any]:
     """``{"study", "directions", "metrics", "pareto": bool, "trials": [...]}`` with configs and metrics."""
     study = load(url, name)
-    trials = _best(study)
+    trials = best_trials(study)
     if not trials:
         raise StudyError(f"study {study.study_name!r} has no completed trials yet")
     return {
@@ -179,7 +179,7 @@ def pick_trial(url: str | None, name: str | None, which: str | int = "best") -> 
     """A completed trial: ``"best"`` (multi-objective: the lowest-numbered Pareto trial) or a number."""
     study = load(url, name)
     if str(which) == "best":
-        trials = _best(study)
+        trials = best_trials(study)
         if not trials:
             raise StudyError(f"study {study.study_name!r} has no completed trials yet")
         return study, trials[0]

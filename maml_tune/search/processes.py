@@ -1,0 +1,115 @@
+"""Running several workers as spawned processes, and forwarding interrupts to them.
+
+:func:`run_processes` is called by the runner when a search asks for more than one worker.
+Each process gets its own storage connection, sampler (seeded ``seed + i``) and device; its
+events come back through a queue. On an interrupt the parent forwards it (SIGTERM) to the
+workers and waits for them to close their trials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import time
+from typing import Any
+
+from maml_tune.errors import MamlTuneError
+from maml_tune.search import interrupt
+from maml_tune.search.events import STATUS_INTERVAL_S, Event, EventSink, send_status, send_status_quietly
+from maml_tune.search.worker import WorkerJob, run_worker
+
+WORKER_STOP_TIMEOUT_S = 120.0
+"""How long the parent waits for interrupted worker processes before killing them."""
+
+
+def _process_main(job: WorkerJob, events: Any) -> None:
+    """Entry point of a spawned worker process: events go back through ``events`` (a queue)."""
+
+    def sink(event: Event) -> None:
+        events.put(event)
+
+    # Ctrl-C in a terminal reaches every worker; the parent forwards it as SIGTERM. Either
+    # way a worker closes its trial and stops, and ignores repeats (the parent may give up).
+    try:
+        with interrupt.handling(hard_exit=False, signals=(signal.SIGINT, signal.SIGTERM)):
+            run_worker(job, sink)
+    except KeyboardInterrupt:
+        sys.exit(interrupt.EXIT_CODE)
+    except MamlTuneError as exc:
+        sink({"kind": "worker_error", "worker": job.worker, "message": str(exc).strip().splitlines()[0]})
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # report anything, so the parent can say which worker died of what
+        sink({"kind": "worker_error", "worker": job.worker, "message": f"{type(exc).__name__}: {exc}"})
+        sys.exit(1)
+
+
+def run_processes(jobs: list[WorkerJob], study: Any, sink: EventSink) -> list[str]:
+    """Run each job in its own process until all end; returns one message per worker that failed."""
+    context = multiprocessing.get_context("spawn")
+    events = context.Queue()
+    if jobs[0].threads is None:
+        per_worker = max(1, (os.cpu_count() or 1) // len(jobs))
+        jobs = [dataclasses.replace(job, threads=per_worker) for job in jobs]
+    processes = [
+        context.Process(
+            target=_process_main, args=(job, events), daemon=False, name=f"maml-tune-worker-{job.worker}"
+        )
+        for job in jobs
+    ]
+    errors: list[str] = []
+    for process in processes:
+        process.start()
+    last_status = 0.0
+
+    def drain() -> None:
+        try:
+            while True:
+                event = events.get(timeout=0.2)
+                if event["kind"] == "worker_error":
+                    errors.append(f"worker {event['worker']}: {event['message']}")
+                sink(event)
+        except queue.Empty:
+            pass
+
+    try:
+        while True:
+            interrupt.check()
+            alive = any(p.is_alive() for p in processes)
+            drain()
+            now = time.monotonic()
+            if now - last_status >= STATUS_INTERVAL_S:
+                last_status = now
+                send_status_quietly(study, sink)
+            if not alive:
+                break
+    except KeyboardInterrupt:
+        # Forward the interrupt (a terminal already sent it to the whole process group; the
+        # workers ignore the repeat), then wait for every worker to close its trial.
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                try:
+                    os.kill(process.pid, signal.SIGTERM)
+                except OSError:
+                    pass
+        give_up = time.monotonic() + WORKER_STOP_TIMEOUT_S
+        while any(p.is_alive() for p in processes) and time.monotonic() < give_up:
+            drain()
+        for process in processes:
+            if process.is_alive():
+                process.kill()  # its trial is recovered by the next search
+        raise
+    finally:
+        for process in processes:
+            process.join(timeout=5)
+        events.close()
+    for process, job in zip(processes, jobs, strict=True):
+        if process.exitcode not in (0, None) and not any(
+            e.startswith(f"worker {job.worker}:") for e in errors
+        ):
+            errors.append(f"worker {job.worker}: exited with code {process.exitcode}")
+    send_status(study, sink)
+    return errors

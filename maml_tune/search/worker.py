@@ -1,0 +1,154 @@
+"""One search worker: runs trials of a study until its quota, the study total or the deadline.
+
+:func:`run_worker` runs in the searching process (one worker) or in each spawned worker
+process (see :mod:`maml_tune.search.processes`). A storage error (lost connection) fails
+the current trial and the worker carries on after a pause, giving up after
+``backoff.STORAGE_RETRIES`` consecutive errors. An interrupt fails the running trial with its
+reason, re-queues it and raises ``KeyboardInterrupt``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+
+from maml_tune.core.device import resolve_device
+from maml_tune.errors import StorageError
+from maml_tune.families.registry import Registry
+from maml_tune.search import backoff, interrupt, results
+from maml_tune.search.checkpoints import CheckpointKeeper
+from maml_tune.search.events import EventSink
+from maml_tune.search.objective import TrialObjective
+from maml_tune.search.recovery import close_lost_trial, requeue_interrupted
+from maml_tune.search.spec import StudySpec
+from maml_tune.search.storage import make_pruner, make_sampler, mask_url, open_storage
+from maml_tune.search.study import quiet_optuna
+
+
+@dataclass
+class WorkerJob:
+    """Everything a worker process needs (picklable)."""
+
+    spec: StudySpec
+    storage: str
+    study_name: str
+    n_trials: int
+    quota: int
+    deadline: float | None
+    device: str
+    worker: int
+    threads: int | None
+    checkpoint_root: str | None
+    plugins_dir: str | None
+
+
+def worker_device(requested: str, worker: int) -> Any:
+    """Worker ``worker``'s device: ``cuda:(worker % device_count)`` for ``auto``/``cuda`` with CUDA."""
+    if requested in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        return torch.device("cuda", worker % torch.cuda.device_count())
+    return resolve_device(requested)
+
+
+def _trial_end_event(worker: int, sink: EventSink) -> Callable[[Any, Any], None]:
+    def callback(study: Any, trial: Any) -> None:
+        sink(
+            {
+                "kind": "trial_end",
+                "worker": worker,
+                "trial": trial.number,
+                "state": trial.state.name,
+                "values": list(trial.values) if trial.values is not None else None,
+                "reason": trial.user_attrs.get("reason") or trial.system_attrs.get("fail_reason"),
+                "baseline": bool(trial.user_attrs.get("baseline")),
+            }
+        )
+
+    return callback
+
+
+def _waiting_retries(trials: list[Any]) -> bool:
+    """Whether a failed trial was re-queued (it replaces a counted trial, so it may exceed the quota)."""
+    return any(t.state.name == "WAITING" and "failed_trial" in t.system_attrs for t in trials)
+
+
+def run_worker(job: WorkerJob, sink: EventSink) -> int:
+    """Run trials of ``job.study_name`` until the quota, the study total or the deadline is reached."""
+    quiet_optuna()
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    spec = job.spec
+    device = worker_device(job.device, job.worker)
+    family = Registry(job.plugins_dir).create(spec.family, dict(spec.family_options))
+    family.prepare()
+    study = optuna.load_study(
+        study_name=job.study_name,
+        storage=open_storage(job.storage),
+        sampler=make_sampler(
+            spec.study.sampler, spec.study.seed, dict(spec.study.sampler_options), job.worker
+        ),
+        pruner=make_pruner(
+            spec.study.pruner,
+            dict(spec.study.pruner_options),
+            spec.budget.iterations,
+            spec.budget.val_interval,
+        ),
+    )
+    objective = TrialObjective(
+        spec,
+        family,
+        device,
+        study_name=job.study_name,
+        checkpoint_root=job.checkpoint_root,
+        events=sink,
+        worker=job.worker,
+    )
+    callbacks: list[Callable[[Any, Any], None]] = [_trial_end_event(job.worker, sink)]
+    if job.checkpoint_root is not None and spec.study.top_k_checkpoints > 0:
+        callbacks.insert(
+            0, CheckpointKeeper(job.checkpoint_root, job.study_name, spec.study.top_k_checkpoints)
+        )
+    done = 0
+
+    def next_trial() -> bool:
+        """Run one trial; False when the worker is done."""
+        interrupt.check()
+        if job.deadline is not None and time.time() >= job.deadline:
+            return False
+        trials = study.get_trials(deepcopy=False)
+        if results.counted_trials(trials) >= job.n_trials:
+            return False
+        if done >= job.quota and not _waiting_retries(trials):
+            return False
+        objective.trial_id = None
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+        except KeyboardInterrupt:
+            requeue_interrupted(study, objective.trial_id)
+            raise
+        return True
+
+    def report(exc: Exception) -> None:
+        sink({"kind": "storage_error", "worker": job.worker, "message": backoff.storage_message(exc)})
+
+    def close_trial(exc: Exception) -> None:
+        message = backoff.storage_message(exc)
+        close_lost_trial(study, objective.trial_id, f"lost the study database: {message}")
+
+    while True:
+        try:
+            # A trial that ran resets the count of consecutive storage errors.
+            if not backoff.retry(next_trial, before_pause=report, after_pause=close_trial):
+                return done
+        except Exception as exc:
+            if not backoff.is_storage_error(exc):
+                raise
+            raise StorageError(
+                f"lost the study database {mask_url(job.storage)} ({backoff.STORAGE_RETRIES} retries): "
+                f"{backoff.storage_message(exc)}"
+            ) from None
+        done += 1
