@@ -22,6 +22,17 @@ from maml_tune.cli._common import (
     print_json,
     registry,
 )
+from maml_tune.search.events import (
+    Event,
+    IterationDone,
+    Status,
+    StorageFailed,
+    StudyOpened,
+    TrialEnded,
+    TrialStarted,
+    Validated,
+    WorkerFailed,
+)
 
 StorageOption = Annotated[
     str | None,
@@ -54,35 +65,34 @@ class _Display:
         self.overall: TaskID | None = None
         self.workers: dict[int, TaskID] = {}
         self.multi = False
-        self.finished: list[dict[str, Any]] = []
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        kind = event["kind"]
+    def __call__(self, event: Event) -> None:
         p = self.progress
-        if kind == "study":
-            self.multi = len(event["directions"]) > 1
-            verb = "created" if event["created"] else f"resumed ({event['existing']} trials so far)"
+        if isinstance(event, StudyOpened):
+            self.multi = len(event.directions) > 1
+            verb = "created" if event.created else f"resumed ({event.existing} trials so far)"
             err.print(
-                f"study [bold]{event['study']}[/bold] in {event['storage']}: {verb}; "
-                f"target {event['n_trials']} trials, {event['workers']} worker(s)",
+                f"study [bold]{event.study}[/bold] in {event.storage}: {verb}; "
+                f"target {event.n_trials} trials, {event.workers} worker(s)",
                 markup=True,
             )
-            if event.get("recovered"):
-                numbers = ", ".join(str(n) for n in event["recovered"])
+            if event.recovered:
+                numbers = ", ".join(str(n) for n in event.recovered)
                 err.print(f"re-queued trial(s) {numbers}: interrupted, or their workers are gone")
-            if event.get("baseline"):
+            if event.baseline:
                 err.print("baseline (literature configuration) enqueued as the next trial")
             self.overall = p.add_task(
-                "trials", total=event["n_trials"], completed=event["existing"], info="", best="-"
+                "trials", total=event.n_trials, completed=event.existing, info="", best="-"
             )
-        elif kind == "status" and self.overall is not None:
-            c = event["counts"]
+        elif isinstance(event, Status) and self.overall is not None:
+            summary = event.summary
+            c = summary["counts"]
             done = c["complete"] + c["pruned"] + c["fail"]
             best = "-"
-            if event.get("best_values"):
-                best = ", ".join(fmt(v) for v in event["best_values"]) + f" (#{event['best_trial']})"
-            elif event.get("pareto_size"):
-                best = f"Pareto set of {event['pareto_size']}"
+            if summary.get("best_values"):
+                best = ", ".join(fmt(v) for v in summary["best_values"]) + f" (#{summary['best_trial']})"
+            elif summary.get("pareto_size"):
+                best = f"Pareto set of {summary['pareto_size']}"
             p.update(
                 self.overall,
                 completed=min(done, p.tasks[self.overall].total or done),
@@ -90,37 +100,36 @@ class _Display:
                 f"failed {c['fail']}  running {c['running']}",
                 best=best,
             )
-        elif kind == "trial_start":
-            task = self._worker(event["worker"])
-            label = f"worker {event['worker']}: trial {event['trial']}"
+        elif isinstance(event, TrialStarted):
+            task = self._worker(event.worker)
+            label = f"worker {event.worker}: trial {event.trial}"
             p.update(task, description=label, completed=0, total=None, info="", best="")
-        elif kind == "iteration":
-            task = self._worker(event["worker"])
+        elif isinstance(event, IterationDone):
+            task = self._worker(event.worker)
             p.update(
                 task,
-                completed=event["iteration"],
-                total=event["iterations"],
-                info=f"meta-loss {event['meta_loss']:.4g}",
+                completed=event.iteration,
+                total=event.iterations,
+                info=f"meta-loss {event.meta_loss:.4g}",
             )
-        elif kind == "validation":
-            task = self._worker(event["worker"])
-            p.update(task, best=f"val {event['value']:.4g}")
-        elif kind == "trial_end":
-            self.finished.append(event)
-            if event["state"] != "COMPLETE" and event.get("reason"):
+        elif isinstance(event, Validated):
+            task = self._worker(event.worker)
+            p.update(task, best=f"val {event.value:.4g}")
+        elif isinstance(event, TrialEnded):
+            if event.state != "COMPLETE" and event.reason:
                 p.console.print(
-                    f"trial {event['trial']} {event['state'].lower()}: {event['reason']}",
+                    f"trial {event.trial} {event.state.lower()}: {event.reason}",
                     markup=False,
                     highlight=False,
                 )
-        elif kind == "storage_error":
+        elif isinstance(event, StorageFailed):
             p.console.print(
-                f"worker {event['worker']}: study database error, retrying: {event['message']}",
+                f"worker {event.worker}: study database error, retrying: {event.message}",
                 markup=False,
                 highlight=False,
             )
-        elif kind == "worker_error":
-            p.console.print(f"[red]worker {event['worker']} stopped:[/red] {event['message']}")
+        elif isinstance(event, WorkerFailed):
+            p.console.print(f"[red]worker {event.worker} stopped:[/red] {event.message}")
 
     def _worker(self, worker: int) -> TaskID:
         if worker not in self.workers:

@@ -37,6 +37,7 @@ from maml_tune.core.config import RunConfig
 from maml_tune.core.trainer import TrainerCallback
 from maml_tune.errors import ConfigError, DivergenceError, StudyError
 from maml_tune.search import interrupt
+from maml_tune.search.events import IterationDone, TrialStarted, Validated
 from maml_tune.search.space import suggest
 from maml_tune.search.spec import StudySpec
 
@@ -144,7 +145,7 @@ class TrialObjective:
         except Exception as exc:  # e.g. the study database connection was lost
             _try_set_reason(trial, _error_reason(exc))
             raise
-        self.events({"kind": "trial_start", "worker": self.worker, "trial": trial.number, "params": params})
+        self.events(TrialStarted(self.worker, trial.number, params))
         try:
             config = self.family.run_config({**self.base_overrides, **params})
         except ConfigError as exc:
@@ -348,14 +349,13 @@ class _TrialCallback(TrainerCallback):
         ):
             self._last_event = now
             self.objective.events(
-                {
-                    "kind": "iteration",
-                    "worker": self.objective.worker,
-                    "trial": self.trial.number,
-                    "iteration": report.iteration,
-                    "iterations": report.iterations,
-                    "meta_loss": report.meta_loss,
-                }
+                IterationDone(
+                    worker=self.objective.worker,
+                    trial=self.trial.number,
+                    iteration=report.iteration,
+                    iterations=report.iterations,
+                    meta_loss=report.meta_loss,
+                )
             )
 
     def on_validation(self, iteration: int, result: Any) -> None:
@@ -376,13 +376,7 @@ class _TrialCallback(TrainerCallback):
             return
         value = after if metric == "val_loss" else result.accuracy_after.mean
         self.objective.events(
-            {
-                "kind": "validation",
-                "worker": self.objective.worker,
-                "trial": self.trial.number,
-                "iteration": iteration,
-                "value": value,
-            }
+            Validated(worker=self.objective.worker, trial=self.trial.number, iteration=iteration, value=value)
         )
         self.trial.report(value, iteration)
         if self.trial.should_prune():

@@ -19,7 +19,14 @@ from typing import Any
 
 from maml_tune.errors import MamlTuneError
 from maml_tune.search import interrupt
-from maml_tune.search.events import STATUS_INTERVAL_S, Event, EventSink, send_status, send_status_quietly
+from maml_tune.search.events import (
+    STATUS_INTERVAL_S,
+    Event,
+    EventSink,
+    WorkerFailed,
+    send_status,
+    send_status_quietly,
+)
 from maml_tune.search.worker import WorkerJob, run_worker
 
 WORKER_STOP_TIMEOUT_S = 120.0
@@ -40,10 +47,10 @@ def _process_main(job: WorkerJob, events: Any) -> None:
     except KeyboardInterrupt:
         sys.exit(interrupt.EXIT_CODE)
     except MamlTuneError as exc:
-        sink({"kind": "worker_error", "worker": job.worker, "message": str(exc).strip().splitlines()[0]})
+        sink(WorkerFailed(job.worker, str(exc).strip().splitlines()[0]))
         sys.exit(exc.exit_code)
     except Exception as exc:  # report anything, so the parent can say which worker died of what
-        sink({"kind": "worker_error", "worker": job.worker, "message": f"{type(exc).__name__}: {exc}"})
+        sink(WorkerFailed(job.worker, f"{type(exc).__name__}: {exc}"))
         sys.exit(1)
 
 
@@ -69,8 +76,8 @@ def run_processes(jobs: list[WorkerJob], study: Any, sink: EventSink) -> list[st
         try:
             while True:
                 event = events.get(timeout=0.2)
-                if event["kind"] == "worker_error":
-                    errors.append(f"worker {event['worker']}: {event['message']}")
+                if isinstance(event, WorkerFailed):
+                    errors.append(f"worker {event.worker}: {event.message}")
                 sink(event)
         except queue.Empty:
             pass

@@ -29,7 +29,14 @@ import optuna
 from maml_tune.errors import ConfigError, StudyError
 from maml_tune.families.registry import Registry
 from maml_tune.search import backoff, results
-from maml_tune.search.events import Event, EventSink, send_status, send_status_quietly
+from maml_tune.search.events import (
+    Event,
+    EventSink,
+    StudyOpened,
+    TrialEnded,
+    send_status,
+    send_status_quietly,
+)
 from maml_tune.search.processes import run_processes
 from maml_tune.search.recovery import recover_orphans
 from maml_tune.search.spec import StudySpec
@@ -97,21 +104,20 @@ def run_search(
     deadline = started + spec.study.timeout if spec.study.timeout else None
     workers = max(1, min(options.workers, remaining)) if remaining else 0
     sink(
-        {
-            "kind": "study",
-            "study": study_name,
-            "storage": mask_url(url),
-            "created": created,
-            "n_trials": spec.study.n_trials,
-            "existing": before,
-            "remaining": remaining,
-            "workers": workers,
-            "directions": list(spec.objective.directions),
-            "metrics": list(spec.objective.metrics),
-            "baseline": baseline,
-            "recovered": recovered,
-            "device": str(device),
-        }
+        StudyOpened(
+            study=study_name,
+            storage=mask_url(url),
+            created=created,
+            n_trials=spec.study.n_trials,
+            existing=before,
+            remaining=remaining,
+            workers=workers,
+            directions=list(spec.objective.directions),
+            metrics=list(spec.objective.metrics),
+            baseline=baseline,
+            recovered=recovered,
+            device=str(device),
+        )
     )
     send_status(study, sink)
     errors: list[str] = []
@@ -135,7 +141,7 @@ def run_search(
 
         def forward(event: Event) -> None:
             sink(event)
-            if event["kind"] == "trial_end":
+            if isinstance(event, TrialEnded):
                 send_status_quietly(study, sink)
 
         run_worker(jobs[0], forward)

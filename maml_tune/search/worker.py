@@ -22,7 +22,7 @@ from maml_tune.errors import StorageError
 from maml_tune.families.registry import Registry
 from maml_tune.search import backoff, interrupt, results
 from maml_tune.search.checkpoints import CheckpointKeeper
-from maml_tune.search.events import EventSink
+from maml_tune.search.events import EventSink, StorageFailed, TrialEnded
 from maml_tune.search.objective import TrialObjective
 from maml_tune.search.recovery import close_lost_trial, requeue_interrupted
 from maml_tune.search.spec import StudySpec
@@ -57,15 +57,14 @@ def worker_device(requested: str, worker: int) -> Any:
 def _trial_end_event(worker: int, sink: EventSink) -> Callable[[Any, Any], None]:
     def callback(study: Any, trial: Any) -> None:
         sink(
-            {
-                "kind": "trial_end",
-                "worker": worker,
-                "trial": trial.number,
-                "state": trial.state.name,
-                "values": list(trial.values) if trial.values is not None else None,
-                "reason": trial.user_attrs.get("reason") or trial.system_attrs.get("fail_reason"),
-                "baseline": bool(trial.user_attrs.get("baseline")),
-            }
+            TrialEnded(
+                worker=worker,
+                trial=trial.number,
+                state=trial.state.name,
+                values=list(trial.values) if trial.values is not None else None,
+                reason=trial.user_attrs.get("reason") or trial.system_attrs.get("fail_reason"),
+                baseline=bool(trial.user_attrs.get("baseline")),
+            )
         )
 
     return callback
@@ -133,7 +132,7 @@ def run_worker(job: WorkerJob, sink: EventSink) -> int:
         return True
 
     def report(exc: Exception) -> None:
-        sink({"kind": "storage_error", "worker": job.worker, "message": backoff.storage_message(exc)})
+        sink(StorageFailed(job.worker, backoff.storage_message(exc)))
 
     def close_trial(exc: Exception) -> None:
         message = backoff.storage_message(exc)

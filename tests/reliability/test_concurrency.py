@@ -12,6 +12,7 @@ import pytest
 from reliability_helpers import assert_finished_study, cli_env, run_cli, write_spec
 
 from maml_tune.families.registry import Registry
+from maml_tune.search.events import StorageFailed, WorkerFailed
 from maml_tune.search.runner import SearchOptions, run_search
 from maml_tune.search.spec import load_spec
 
@@ -42,7 +43,7 @@ def _run(tmp_path, url, name):
         events.append,
     )
     assert result.worker_errors == []
-    assert not [e for e in events if e["kind"] in ("storage_error", "worker_error")]
+    assert not [e for e in events if isinstance(e, (StorageFailed, WorkerFailed))]
     rows = assert_finished_study(url, name, complete=N_TRIALS)
     assert len(rows) == N_TRIALS
     return rows

@@ -16,6 +16,7 @@ import sqlalchemy
 from reliability_helpers import drop_study, trial_rows, unique_name, write_spec
 
 from maml_tune.families.registry import Registry
+from maml_tune.search.events import TrialEnded, TrialStarted
 from maml_tune.search.runner import SearchOptions, run_search
 from maml_tune.search.spec import load_spec
 
@@ -48,13 +49,13 @@ def test_dropped_connections_mid_study(tmp_path, postgres_url):
 
     def sink(event):
         events.append(event)
-        if event["kind"] == "trial_start":
+        if isinstance(event, TrialStarted):
             started.set()
             # However fast the trials run, the pooled connections die as trials 1 to
             # N-2 start (the worker's next storage call finds them dead)...
-            if 1 <= event["trial"] <= N_TRIALS - 2:
+            if 1 <= event.trial <= N_TRIALS - 2:
                 drop()
-        if len([e for e in events if e["kind"] == "trial_end"]) >= N_TRIALS - 1:
+        if len([e for e in events if isinstance(e, TrialEnded)]) >= N_TRIALS - 1:
             stop.set()  # leave the last trial and the final summary alone
 
     def drop_connections():

@@ -38,6 +38,7 @@ def postgres_url() -> str:
 def test_three_workers_share_one_study_exactly(postgres_url, write_spec, registry):
     import optuna
 
+    from maml_tune.search.events import TrialEnded
     from maml_tune.search.runner import SearchOptions, run_search
     from maml_tune.search.spec import load_spec
 
@@ -55,7 +56,7 @@ def test_three_workers_share_one_study_exactly(postgres_url, write_spec, registr
         assert all(t.state.name == "COMPLETE" for t in trials)
         workers = {t.user_attrs["worker"] for t in trials}
         assert workers == {0, 1, 2}, workers
-        assert {e["worker"] for e in events if e["kind"] == "trial_end"} == {0, 1, 2}
+        assert {e.worker for e in events if isinstance(e, TrialEnded)} == {0, 1, 2}
     finally:
         if name in optuna.get_all_study_names(postgres_url):
             optuna.delete_study(study_name=name, storage=postgres_url)
