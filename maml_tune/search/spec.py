@@ -66,27 +66,9 @@ import tomllib
 
 from maml_tune.core.config import RunConfig, resolve_key
 from maml_tune.errors import ConfigError, MamlTuneError
+from maml_tune.search.catalog import METRICS, PRUNERS, SAMPLERS
 
-SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc", "nsga2")
-PRUNERS = ("median", "hyperband", "sha", "wilcoxon", "none")
-SINGLE_OBJECTIVE_SAMPLERS = ("cmaes", "qmc")
-
-METRICS: dict[str, str] = {
-    "val_loss": "minimize",
-    "test_loss": "minimize",
-    "val_accuracy": "maximize",
-    "test_accuracy": "maximize",
-    "adaptation_cost": "minimize",
-    "adaptation_time": "minimize",
-}
-"""Objective metrics and their natural direction.
-
-``val_loss`` / ``val_accuracy``: post-adaptation query loss / accuracy on the meta-validation
-tasks at the end of training (also reported at every validation interval for pruning).
-``test_loss`` / ``test_accuracy``: the same on ``eval_tasks`` held-out test tasks.
-``adaptation_cost``: test-time inner steps × parameter count. ``adaptation_time``: measured
-seconds to adapt to (and evaluate) one test task.
-"""
+SINGLE_OBJECTIVE_SAMPLERS = tuple(c.name for c in SAMPLERS.values() if c.single_objective)
 
 BUDGET_KEYS = {
     "iterations": "train.iterations",

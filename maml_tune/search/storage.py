@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from maml_tune.errors import ConfigError, StorageError
+from maml_tune.search.catalog import PRUNERS, SAMPLERS
 
 STORAGE_ENV = "MAML_TUNE_STORAGE"
 STUDY_ENV = "MAML_TUNE_STUDY"
@@ -200,28 +201,11 @@ def optuna_class(kind: str, name: str) -> type:
     """The Optuna class behind sampler or pruner ``name`` (as spelled in specs)."""
     import optuna
 
-    samplers = {
-        "tpe": optuna.samplers.TPESampler,
-        "random": optuna.samplers.RandomSampler,
-        "gp": optuna.samplers.GPSampler,
-        "cmaes": optuna.samplers.CmaEsSampler,
-        "qmc": optuna.samplers.QMCSampler,
-        "nsga2": optuna.samplers.NSGAIISampler,
-    }
-    pruners = {
-        "median": optuna.pruners.MedianPruner,
-        "hyperband": optuna.pruners.HyperbandPruner,
-        "sha": optuna.pruners.SuccessiveHalvingPruner,
-        "wilcoxon": optuna.pruners.WilcoxonPruner,
-        "none": optuna.pruners.NopPruner,
-    }
-    table = samplers if kind == "sampler" else pruners
+    table = SAMPLERS if kind == "sampler" else PRUNERS
     if name not in table:
         raise ConfigError(f"unknown {kind} {name!r} (expected one of: {', '.join(table)})")
-    return table[name]
-
-
-_SAMPLER_NEEDS = {"cmaes": ("cmaes", "cmaes"), "qmc": ("scipy", "scipy")}
+    module = optuna.samplers if kind == "sampler" else optuna.pruners
+    return getattr(module, table[name].optuna_class)
 
 
 def make_sampler(name: str, seed: int | None, options: dict[str, Any] | None = None, worker: int = 0):
@@ -230,10 +214,9 @@ def make_sampler(name: str, seed: int | None, options: dict[str, Any] | None = N
 
     import optuna
 
-    if name in _SAMPLER_NEEDS:
-        module, package = _SAMPLER_NEEDS[name]
-        if importlib.util.find_spec(module) is None:
-            raise ConfigError(f"sampler {name!r} needs the {package} package: pip install {package}")
+    package = SAMPLERS[name].needs if name in SAMPLERS else None
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise ConfigError(f"sampler {name!r} needs the {package} package: pip install {package}")
     cls = optuna_class("sampler", name)
     kwargs = dict(options or {})
     if seed is not None:
