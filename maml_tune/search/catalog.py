@@ -20,28 +20,26 @@ class Choice:
     """The package the Optuna class needs beyond Optuna itself (import name = pip name)."""
 
 
-SAMPLERS: dict[str, Choice] = {
-    c.name: c
-    for c in (
-        Choice("tpe", "TPESampler"),
-        Choice("random", "RandomSampler"),
-        Choice("gp", "GPSampler"),
-        Choice("cmaes", "CmaEsSampler", single_objective=True, needs="cmaes"),
-        Choice("qmc", "QMCSampler", single_objective=True, needs="scipy"),
-        Choice("nsga2", "NSGAIISampler"),
-    )
-}
+def _by_name(*choices: Choice) -> dict[str, Choice]:
+    return {c.name: c for c in choices}
 
-PRUNERS: dict[str, Choice] = {
-    c.name: c
-    for c in (
-        Choice("median", "MedianPruner"),
-        Choice("hyperband", "HyperbandPruner"),
-        Choice("sha", "SuccessiveHalvingPruner"),
-        Choice("wilcoxon", "WilcoxonPruner"),
-        Choice("none", "NopPruner"),
-    )
-}
+
+SAMPLERS = _by_name(
+    Choice("tpe", "TPESampler"),
+    Choice("random", "RandomSampler"),
+    Choice("gp", "GPSampler"),
+    Choice("cmaes", "CmaEsSampler", single_objective=True, needs="cmaes"),
+    Choice("qmc", "QMCSampler", single_objective=True, needs="scipy"),
+    Choice("nsga2", "NSGAIISampler"),
+)
+
+PRUNERS = _by_name(
+    Choice("median", "MedianPruner"),
+    Choice("hyperband", "HyperbandPruner"),
+    Choice("sha", "SuccessiveHalvingPruner"),
+    Choice("wilcoxon", "WilcoxonPruner"),
+    Choice("none", "NopPruner"),
+)
 
 METRICS: dict[str, str] = {
     "val_loss": "minimize",
