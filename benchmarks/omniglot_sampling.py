@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from maml_tune.core.learner import MetaLearner, resolve_strategy
+from maml_tune.core.learner import MetaLearner
+from maml_tune.core.strategies import choose
 from maml_tune.core.tasks import split_generator
 from maml_tune.families.omniglot import Omniglot
 
@@ -46,7 +47,7 @@ def main() -> None:
     print(f"sampling: {args.meta_batch / sample_s:,.0f} tasks/s "
           f"({sample_s * 1000:.1f} ms per batch of {args.meta_batch} {args.n_way}-way 1-shot tasks)")
     config = family.run_config({"train.meta_batch": args.meta_batch})
-    strategy = resolve_strategy(config.train.strategy, config.arch, device)
+    strategy = choose(config.arch, device, config.algo, config.train.strategy).strategy
     torch.manual_seed(0)
     learner = MetaLearner(config.arch, config.algo, family.input_shape, family.output_size, family.kind)
     optimizer = torch.optim.Adam(learner.parameters(), lr=config.train.meta_lr)

@@ -39,9 +39,10 @@ from torch import nn
 from torch.func import functional_call
 
 from maml_tune.core.config import AlgoConfig, ArchConfig
-from maml_tune.core.learner import MetaLearner, loss_function, resolve_strategy
+from maml_tune.core.learner import MetaLearner, loss_function
 from maml_tune.core.nets import BatchStatNorm
 from maml_tune.core.precision import DTYPES
+from maml_tune.core.strategies import choose
 from maml_tune.core.tasks import TaskBatch
 
 
@@ -379,7 +380,7 @@ def main() -> None:
         for order in args.orders.split(","):
             first_order = order == "first"
             algo = AlgoConfig(checkpoint_inner=args.checkpoint_inner)
-            chosen = resolve_strategy("auto", w.arch, device, algo)
+            chosen = choose(w.arch, device, algo).strategy.name
             impls = [Impl("reference"), *specs]
             runners = {
                 impl.name: make_runner(impl, w, first_order, device, args.second_order_steps)

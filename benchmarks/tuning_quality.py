@@ -97,7 +97,7 @@ def main() -> None:
         return {"test_loss": test.loss_after.mean, "test_loss_ci95": test.loss_after.ci95, **extra}
 
     checkpoint = load_checkpoint(best.user_attrs["checkpoint"], device)
-    from maml_tune.core.learner import resolve_strategy
+    from maml_tune.core.strategies import choose
 
     tuned_test = evaluate(
         checkpoint.learner,
@@ -106,7 +106,7 @@ def main() -> None:
         tasks=args.tasks,
         steps=checkpoint.config.algo.eval_inner_steps,
         seed=eval_seed,
-        strategy=resolve_strategy("auto", checkpoint.config.arch, device),
+        strategy=choose(checkpoint.config.arch, device, checkpoint.config.algo).strategy,
         device=device,
     )
     literature = family.run_config({"train.val_interval": 10_000})

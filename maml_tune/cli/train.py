@@ -206,7 +206,7 @@ def evaluate_command(
     from maml_tune.core.checkpoint import load_checkpoint
     from maml_tune.core.device import resolve_device
     from maml_tune.core.evaluation import evaluate
-    from maml_tune.core.learner import resolve_strategy
+    from maml_tune.core.strategies import choose
 
     torch_device = resolve_device(device)
     loaded = load_checkpoint(checkpoint, torch_device)
@@ -217,7 +217,7 @@ def evaluate_command(
         loaded.learner, task_family, split="test", tasks=tasks,
         steps=config.algo.eval_inner_steps if steps is None else steps,
         seed=config.eval_seed if seed is None else seed,
-        strategy=resolve_strategy(config.train.strategy, config.arch, torch_device),
+        strategy=choose(config.arch, torch_device, config.algo, config.train.strategy).strategy,
         device=torch_device, query_norm=None if query_norm is None else query_norm.value,
     )
     if as_json:
@@ -255,7 +255,7 @@ def bench(
     """Measure meta-training throughput (median tasks/s over timed windows) and peak memory."""
     from maml_tune.core.bench import measure_throughput
     from maml_tune.core.device import resolve_device
-    from maml_tune.core.learner import explain_strategy
+    from maml_tune.core.strategies import choose
 
     overrides = parse_sets(sets)
     if meta_batch is not None:
@@ -274,8 +274,9 @@ def bench(
     task_family = registry(ctx).create(family, family_options(overrides))
     config = task_family.run_config({k: v for k, v in overrides.items() if not k.startswith("family.")})
     task_family.prepare()
-    chosen, reason = explain_strategy(config.train.strategy, config.arch, torch_device, config.algo)
-    result = measure_throughput(config, task_family, torch_device, seconds, chosen)
+    t = config.train
+    reason = choose(config.arch, torch_device, config.algo, t.strategy, t.task_chunk).reason
+    result = measure_throughput(config, task_family, torch_device, seconds)
     requested = config.train.strategy
     if as_json:
         print_json({

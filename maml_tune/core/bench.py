@@ -11,9 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from maml_tune.core.config import RunConfig
-from maml_tune.core.learner import auto_task_chunk
-from maml_tune.core.tasks import TaskSampler, split_generator
-from maml_tune.core.trainer import build_learner, multi_step_weights
+from maml_tune.core.tasks import TaskSampler
+from maml_tune.core.trainer import MetaTrainer
 
 WARMUP_ITERATIONS = 3
 WINDOWS = 5
@@ -69,31 +68,20 @@ def _sync(device: torch.device) -> None:
 
 
 def measure_throughput(
-    config: RunConfig, sampler: TaskSampler, device: torch.device, seconds: float, strategy: str
+    config: RunConfig, sampler: TaskSampler, device: torch.device, seconds: float
 ) -> BenchResult:
-    """Run full meta-iterations (sample, meta-gradient, Adam step) of ``config`` for about
-    ``seconds`` after warm-up, in :data:`WINDOWS` windows, and report the median rate."""
-    learner = build_learner(config, sampler, device)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=config.train.meta_lr)
-    generator = split_generator("train", config.train.seed, device)
+    """Run meta-training's own iterations (:meth:`MetaTrainer.step`: sample, meta-gradient,
+    finiteness checks, clipping, optimiser step) of ``config`` for about ``seconds`` after
+    warm-up, in :data:`WINDOWS` windows, and report the median rate."""
+    trainer = MetaTrainer(config, sampler, device)
+    run = trainer.start()
     meta_batch = config.train.meta_batch
-    weights = multi_step_weights(config.algo, 0)
-    task_chunk = auto_task_chunk(config.train.strategy, config.train.task_chunk, config.arch, device)
-
-    precision = config.train.precision
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    done = 0
 
     def iteration() -> None:
-        batch = sampler.sample("train", meta_batch, generator, device)
-        optimizer.zero_grad(set_to_none=True)
-        learner.accumulate_meta_gradient(
-            batch, strategy, weights, task_chunk, precision=precision, grad_scaler=scaler
-        )
-        if scaler is None:
-            optimizer.step()
-        else:
-            scaler.step(optimizer)
-            scaler.update()
+        nonlocal done
+        done += 1
+        trainer.step(run, done)
 
     for _ in range(WARMUP_ITERATIONS):
         iteration()
@@ -114,8 +102,8 @@ def measure_throughput(
         rates.append(count * meta_batch / elapsed)
     gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return BenchResult(
-        strategy, str(device), meta_batch, config.algo.inner_steps, config.algo.is_first_order,
+        trainer.strategy, str(device), meta_batch, config.algo.inner_steps, config.algo.is_first_order,
         statistics.median(rates), tuple(rates), peak_rss_mb(), gpu,
-        task_chunk, precision, config.algo.checkpoint_inner,
+        trainer.task_chunk, config.train.precision, config.algo.checkpoint_inner,
         config.algo.second_order_steps,
     )

@@ -13,12 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from maml_tune.core.algorithms import algorithm
 from maml_tune.errors import ConfigError
 
 ACTIVATIONS = ("relu", "tanh", "gelu", "silu", "leaky_relu")
-STRATEGIES = ("auto", "vmap", "loop", "batched")
 PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+_ADAM_ONLY = ("beta1", "beta2", "eps")
+_SGD_ONLY = ("momentum", "nesterov")
 QUERY_NORMS = ("transductive", "support")
 
 
@@ -87,7 +88,7 @@ class AlgoConfig:
     query_norm: str = "transductive"
 
     def __post_init__(self) -> None:
-        algorithm(self.algorithm).validate(self)
+        _algorithm(self.algorithm).validate(self)
         _choice("algo.query_norm", self.query_norm, QUERY_NORMS)
         if self.second_order_steps is not None:
             _at_least("algo.second_order_steps", self.second_order_steps, 0)
@@ -98,7 +99,7 @@ class AlgoConfig:
 
     @property
     def is_first_order(self) -> bool:
-        return self.first_order or algorithm(self.algorithm).always_first_order
+        return self.first_order or _algorithm(self.algorithm).always_first_order
 
     @property
     def eval_inner_steps(self) -> int:
@@ -107,7 +108,13 @@ class AlgoConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The outer loop: Adam on the meta-parameters, validation, determinism.
+    """The outer loop: the optimiser of the meta-parameters, validation, determinism.
+
+    ``optimizer`` is ``adam`` (default), ``adamw`` (decoupled weight decay) or ``sgd``, at
+    rate ``meta_lr`` (annealed to 0 with ``cosine``); ``beta1``, ``beta2`` and ``eps`` are
+    Adam(W)'s, ``momentum`` (with ``nesterov``) is SGD's, ``weight_decay`` applies to all
+    three (L2 for Adam and SGD, decoupled for AdamW). Setting one the chosen optimiser does
+    not use is an error. ``grad_clip`` clips the meta-gradient's total norm before each step.
 
     ``strategy`` picks how the tasks of a meta-batch are executed (``auto``: measured
     fastest for the architecture and device); ``task_chunk`` bounds how many tasks a
@@ -119,6 +126,13 @@ class TrainConfig:
     """
 
     meta_lr: float = 1e-3
+    optimizer: str = "adam"
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
     meta_batch: int = 25
     iterations: int = 1000
     cosine: bool = False
@@ -134,15 +148,34 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.meta_lr > 0:
             raise ConfigError(f"train.meta_lr: expected a number > 0, got {self.meta_lr!r}")
+        self._check_optimizer()
         _at_least("train.meta_batch", self.meta_batch, 1)
         _at_least("train.iterations", self.iterations, 0)
         _at_least("train.val_interval", self.val_interval, 1)
         _at_least("train.val_tasks", self.val_tasks, 1)
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"train.grad_clip: expected a number > 0, got {self.grad_clip!r}")
-        _choice("train.strategy", self.strategy, STRATEGIES)
+        _choice("train.strategy", self.strategy, _strategy_names())
         _at_least("train.task_chunk", self.task_chunk, 0)
         _choice("train.precision", self.precision, PRECISIONS)
+
+    def _check_optimizer(self) -> None:
+        _choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"train.{key}: expected a number in [0, 1), got {getattr(self, key)!r}")
+        if not self.eps > 0:
+            raise ConfigError(f"train.eps: expected a number > 0, got {self.eps!r}")
+        for key in ("momentum", "weight_decay"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"train.{key}: expected a number >= 0, got {getattr(self, key)!r}")
+        if self.nesterov and not self.momentum > 0:
+            raise ConfigError("train.nesterov needs train.momentum > 0")
+        defaults = TrainConfig.__dataclass_fields__
+        unused = _ADAM_ONLY if self.optimizer == "sgd" else _SGD_ONLY
+        for key in unused:
+            if getattr(self, key) != defaults[key].default:
+                raise ConfigError(f"train.{key} does not apply to train.optimizer {self.optimizer}")
 
 
 @dataclass(frozen=True)
@@ -293,6 +326,20 @@ def type_name(tp: Any) -> str:
     if args:
         return " | ".join(type_name(a) for a in args)
     return "none" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+# The registries import torch; importing them on first use keeps `maml-tune --help` (which
+# imports this module for the settings' names) fast and torch-free.
+def _algorithm(name: str):
+    from maml_tune.core.algorithms import algorithm
+
+    return algorithm(name)
+
+
+def _strategy_names() -> tuple[str, ...]:
+    from maml_tune.core.strategies import AUTO, STRATEGIES
+
+    return (AUTO, *STRATEGIES)
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import vmap
 
 from maml_tune.core.algorithms import algorithm
-from maml_tune.core.batched import make_batched_forward, per_task_loss, stack_params
+from maml_tune.core.batched import make_batched_forward, per_task_loss
 from maml_tune.core.config import QUERY_NORMS, AlgoConfig, ArchConfig
 from maml_tune.core.inner import LossFn, Params, adapt, inner_trajectory, make_forward
 from maml_tune.core.nets import HEAD_PREFIX, BatchStatNorm, build_network
 from maml_tune.core.precision import autocast
+from maml_tune.core.strategies import AUTO, Strategy, strategy_named
 from maml_tune.core.tasks import TaskBatch
 from maml_tune.errors import ConfigError
 
@@ -29,64 +29,6 @@ from maml_tune.errors import ConfigError
 def loss_function(kind: str) -> LossFn:
     """Mean squared error for regression, cross-entropy on logits for classification."""
     return F.mse_loss if kind == "regression" else F.cross_entropy
-
-
-def resolve_strategy(
-    strategy: str, arch: ArchConfig, device: torch.device, algo: AlgoConfig | None = None
-) -> str:
-    """``auto`` → the strategy measured fastest for this architecture and device.
-
-    On CPU (benchmarks/RESULTS.md) the batched strategy is fastest for MLPs and, one task
-    per pass (:func:`auto_task_chunk`), for conv nets at the loop's memory; vmap is slower
-    and far more memory-hungry for conv nets there. On CUDA, vmap (unmeasured so far).
-    ``algo.checkpoint_inner`` rules out ``vmap`` (see :func:`explain_strategy`).
-    """
-    return explain_strategy(strategy, arch, device, algo)[0]
-
-
-def explain_strategy(
-    strategy: str, arch: ArchConfig, device: torch.device, algo: AlgoConfig | None = None
-) -> tuple[str, str]:
-    """(the strategy to run, one line saying why) for a requested ``strategy``."""
-    checkpointed = algo is not None and algo.checkpoint_inner
-    if strategy != "auto":
-        if strategy == "vmap" and checkpointed:
-            raise ConfigError(
-                "algo.checkpoint_inner needs train.strategy loop, batched or auto, not vmap "
-                "(torch.func transforms do not support the checkpoint's saved-tensor hooks)"
-            )
-        return strategy, "requested (alternatives: " + ", ".join(
-            s for s in ("vmap", "loop", "batched") if s != strategy
-        ) + ")"
-    where = "CUDA" if device.type == "cuda" else device.type.upper()
-    if arch.kind == "mlp" and device.type != "cuda":
-        return "batched", (
-            f"auto: mlp on {where}: one batched pass for all tasks (measured fastest: "
-            "about 1.3-2x vmap and over 10x the per-task loop; vmap and loop are the alternatives)"
-        )
-    if device.type == "cuda":
-        if checkpointed:
-            return "batched", (
-                f"auto: {arch.kind} on {where} would vmap, but algo.checkpoint_inner "
-                "cannot run under vmap, so batched (one grouped pass)"
-            )
-        return "vmap", (
-            f"auto: {arch.kind} on {where}: tasks vectorised with torch.func.vmap "
-            "(one kernel per op for all tasks; loop and batched are the alternatives)"
-        )
-    return "batched", (
-        f"auto: conv on {where}: batched, one task per pass, channels-last with fused "
-        "conv-norm-pool blocks (measured fastest at less than the per-task loop's memory; "
-        "vmap is slower and memory-hungry)"
-    )
-
-
-def auto_task_chunk(strategy: str, task_chunk: int, arch: ArchConfig, device: torch.device) -> int:
-    """The tasks back-propagated at once: ``task_chunk`` when set, else one per pass for conv
-    nets on CPU under ``auto`` (grouping tasks gains nothing there and multiplies memory)."""
-    if task_chunk or strategy != "auto":
-        return task_chunk
-    return 1 if arch.kind == "conv" and device.type != "cuda" else 0
 
 
 @dataclass(frozen=True)
@@ -178,6 +120,18 @@ class MetaLearner(nn.Module):
         out = forward(params, torch.cat((support_x, query_x), dim=dim), rows)
         return out.narrow(dim, rows, query_x.shape[dim])
 
+    def _functions(self, batched: bool) -> tuple[Callable, LossFn, LossFn]:
+        """(forward, query loss, inner-loop loss) for one task, or for stacked tasks: then the
+        query loss is per task, ``(T,)``, and the inner loop minimises their sum, whose
+        gradient with respect to each task's stacked weights is that task's own gradient."""
+        if not batched:
+            return self.functional_forward, self.loss_fn, self.loss_fn
+
+        def inner_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.per_task_loss(out, y).sum()
+
+        return self.batched_forward, self.per_task_loss, inner_loss
+
     def task_objective(
         self,
         params: Params,
@@ -189,25 +143,16 @@ class MetaLearner(nn.Module):
         step_weights: Sequence[float] | None,
         *,
         batched: bool = False,
-        functional_grad: bool = True,
+        functional_grad: bool = False,
     ) -> torch.Tensor:
-        """The meta-loss of the algorithm (:meth:`Algorithm.meta_loss`; MAML's: the query loss
-        after adaptation, or MAML++'s weighted sum over steps).
-
-        Per task (unbatched tensors) it returns a scalar. With ``batched``, ``params`` are
-        stacked over tasks, the tensors carry a leading task dimension, and it returns the
-        ``(T,)`` per-task losses; the inner loop then minimises their sum, whose gradient
-        with respect to each task's stacked weights is that task's own gradient.
-        ``functional_grad`` must stay on under ``vmap``; off, the inner loop uses the
-        cheaper ``torch.autograd.grad`` (see :func:`inner_trajectory`).
+        """The algorithm's meta-loss (:meth:`Algorithm.meta_loss`; MAML's: the query loss
+        after adaptation, or MAML++'s weighted sum over steps) of one task (a scalar), or
+        with ``batched`` of stacked tasks (``(T,)``; ``params`` stacked, tensors with a
+        leading task dimension). ``functional_grad`` takes the support gradients with
+        ``torch.func.grad``, as ``vmap`` needs; otherwise with the cheaper
+        ``torch.autograd.grad`` (see :func:`inner_trajectory`). Called by the strategies.
         """
-        if batched:
-            forward, query_loss = self.batched_forward, self.per_task_loss
-
-            def inner_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-                return self.per_task_loss(out, y).sum()
-        else:
-            forward, query_loss, inner_loss = self.functional_forward, self.loss_fn, self.loss_fn
+        forward, query_loss, inner_loss = self._functions(batched)
         trajectory = inner_trajectory(
             forward, params, lrs, support_x, support_y, inner_loss,
             self.algo.inner_steps, self.algo.is_first_order,
@@ -222,10 +167,34 @@ class MetaLearner(nn.Module):
 
         return self.algorithm.meta_loss(params, trajectory, loss_of, step_weights, int(batched))
 
+    def task_outcome(
+        self,
+        params: Params,
+        lrs: dict[str, torch.Tensor | float],
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        query_y: torch.Tensor,
+        steps: int,
+        query_norm: str,
+        *,
+        batched: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """(query loss before, after ``steps`` adaptation steps[, accuracy before, after]) of
+        one task, or per task of stacked tasks with ``batched``. Called by the strategies."""
+        forward, loss, inner_loss = self._functions(batched)
+        before = self.query_outputs(params, support_x, query_x, query_norm, batched=batched)
+        adapted = adapt(forward, params, lrs, support_x, support_y, inner_loss, steps)
+        after = self.query_outputs(adapted, support_x, query_x, query_norm, batched=batched)
+        results = [loss(before, query_y), loss(after, query_y)]
+        if self.kind == "classification":
+            results += [_accuracy(before, query_y), _accuracy(after, query_y)]
+        return tuple(results)
+
     def accumulate_meta_gradient(
         self,
         batch: TaskBatch,
-        strategy: str,
+        strategy: Strategy | str,
         step_weights: Sequence[float] | None = None,
         task_chunk: int = 0,
         *,
@@ -234,51 +203,32 @@ class MetaLearner(nn.Module):
     ) -> torch.Tensor:
         """Add ∇(mean meta-loss over the batch) to the meta-parameters' ``.grad``; return the mean loss.
 
-        ``vmap`` vectorises the per-task computation with ``torch.func.vmap``; ``batched``
-        runs the tasks through one grouped network pass; both back-propagate ``task_chunk``
-        tasks at a time (0: the whole batch), which bounds memory. ``loop`` back-propagates
-        task by task, so at most one task's graph is alive at a time.
-
-        ``precision`` runs the forward passes under autocast (:mod:`~maml_tune.core.precision`);
-        with a ``grad_scaler`` (fp16) the backward pass starts from the scaled loss and the
-        ``.grad`` are scaled accordingly (the returned loss is not).
+        The ``strategy`` (:mod:`maml_tune.core.strategies`, or its name) back-propagates
+        ``task_chunk`` tasks at a time (0: the whole batch; always one for ``loop``), which
+        bounds memory. ``precision`` runs the forward passes under autocast
+        (:mod:`~maml_tune.core.precision`); with a ``grad_scaler`` (fp16) the backward pass
+        starts from the scaled loss and the ``.grad`` are scaled accordingly (the returned
+        loss is not).
         """
-        params, lrs = self.weights(), self.inner_lrs()
-        n_tasks = batch.n_tasks
-
-        def objective(sx, sy, qx, qy):
-            # Only vmap needs torch.func.grad; autograd.grad is cheaper everywhere else.
-            return self.task_objective(
-                params, lrs, sx, sy, qx, qy, step_weights, functional_grad=strategy == "vmap"
+        strategy = _strategy(strategy)
+        if self.algo.checkpoint_inner and not strategy.supports_checkpoint_inner:
+            raise ConfigError(
+                f"algo.checkpoint_inner cannot run under the {strategy.name} strategy; use loop or batched"
             )
-
-        def chunk_loss(chunk: TaskBatch) -> torch.Tensor:
-            if strategy == "loop":
-                return objective(*(t[0] for t in chunk.tensors()))
-            if strategy == "vmap":
-                return vmap(objective)(*chunk.tensors()).sum()
-            stacked = stack_params(params, chunk.n_tasks)
-            return self.task_objective(
-                stacked, lrs, *chunk.tensors(), step_weights, batched=True, functional_grad=False
-            ).sum()
-
-        if strategy not in ("loop", "vmap", "batched"):
-            raise ValueError(f"unknown execution strategy {strategy!r}; resolve 'auto' first")
-        if strategy == "vmap" and self.algo.checkpoint_inner:
-            raise ConfigError("algo.checkpoint_inner cannot run under the vmap strategy; use loop or batched")
-        size = 1 if strategy == "loop" else task_chunk or n_tasks
+        n_tasks = batch.n_tasks
+        size = 1 if strategy.one_task_per_pass else task_chunk or n_tasks
         device = batch.query_x.device
         total = torch.zeros((), dtype=batch.query_x.dtype, device=device)
         for chunk in batch.chunks(size):
             with autocast(precision, device):
-                loss = chunk_loss(chunk) / n_tasks
+                loss = strategy.meta_loss(self, chunk, step_weights) / n_tasks
             (loss if grad_scaler is None else grad_scaler.scale(loss)).backward()
             total += loss.detach()
         return total
 
     @torch.no_grad()
     def outcome(
-        self, batch: TaskBatch, steps: int, strategy: str, *, precision: str = "fp32",
+        self, batch: TaskBatch, steps: int, strategy: Strategy | str, *, precision: str = "fp32",
         query_norm: str | None = None,
     ) -> BatchOutcome:
         """Per-task query loss (and accuracy) before and after ``steps`` adaptation steps.
@@ -291,54 +241,21 @@ class MetaLearner(nn.Module):
         """
         mode = self.algo.query_norm if query_norm is None else query_norm
         with autocast(precision, batch.query_x.device):
-            result = self._outcome(batch, steps, strategy, mode)
-        if precision == "fp32":
-            return result
-        return BatchOutcome(*(None if t is None else t.float() for t in (
-            result.loss_before, result.loss_after, result.accuracy_before, result.accuracy_after
-        )))
-
-    def _outcome(self, batch: TaskBatch, steps: int, strategy: str, query_norm: str) -> BatchOutcome:
-        lrs = self.inner_lrs()
-        classify = self.kind == "classification"
-        batched = strategy == "batched"
-        if batched:
-            forward, loss = self.batched_forward, self.per_task_loss
-            params = stack_params(self.weights(), batch.n_tasks)
-
-            def inner_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-                return self.per_task_loss(out, y).sum()
-
-            def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-                return (logits.argmax(dim=-1) == labels).float().mean(dim=-1)
-        else:
-            forward, loss, inner_loss = self.functional_forward, self.loss_fn, self.loss_fn
-            params, accuracy = self.weights(), _accuracy
-
-        def per_task(sx, sy, qx, qy):
-            before = self.query_outputs(params, sx, qx, query_norm, batched=batched)
-            adapted = adapt(forward, params, lrs, sx, sy, inner_loss, steps)
-            after = self.query_outputs(adapted, sx, qx, query_norm, batched=batched)
-            results = [loss(before, qy), loss(after, qy)]
-            if classify:
-                results += [accuracy(before, qy), accuracy(after, qy)]
-            return tuple(results)
-
-        stacked = per_task(*batch.tensors()) if batched else map_tasks(per_task, batch, strategy)
-        if classify:
-            return BatchOutcome(*stacked)
-        return BatchOutcome(stacked[0], stacked[1], None, None)
+            results = _strategy(strategy).outcome(self, batch, steps, mode)
+        if precision != "fp32":
+            results = tuple(t.float() for t in results)
+        if self.kind == "classification":
+            return BatchOutcome(*results)
+        return BatchOutcome(results[0], results[1], None, None)
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return (logits.argmax(dim=-1) == labels).float().mean()
+    return (logits.argmax(dim=-1) == labels).float().mean(dim=-1)
 
 
-def map_tasks(
-    fn: Callable[..., tuple[torch.Tensor, ...]], batch: TaskBatch, strategy: str
-) -> tuple[torch.Tensor, ...]:
-    """Apply a per-task function to every task of ``batch``; stack its outputs along dim 0."""
-    if strategy == "vmap":
-        return vmap(fn)(*batch.tensors())
-    outputs = [fn(*(t[index] for t in batch.tensors())) for index in range(batch.n_tasks)]
-    return tuple(torch.stack(column) for column in zip(*outputs))
+def _strategy(strategy: Strategy | str) -> Strategy:
+    if isinstance(strategy, Strategy):
+        return strategy
+    if strategy == AUTO:
+        raise ValueError("the 'auto' strategy must be resolved first (maml_tune.core.strategies.choose)")
+    return strategy_named(strategy)

@@ -8,12 +8,15 @@ with adapted weights. Neither has buffers or mutable state, so they are vmap-saf
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from maml_tune.core.config import ArchConfig
 from maml_tune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from maml_tune.core.config import ArchConfig
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,

@@ -1,4 +1,4 @@
-"""The meta-trainer: Adam on the meta-parameters over sampled batches of tasks.
+"""The meta-trainer: the outer optimiser on the meta-parameters over sampled batches of tasks.
 
 It reports through callbacks and knows nothing of logging, Optuna or the terminal; a
 callback may raise to stop training (the search uses this to prune).
@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from maml_tune.core.config import AlgoConfig, RunConfig
+from maml_tune.core.config import AlgoConfig, RunConfig, TrainConfig
 from maml_tune.core.evaluation import EvalResult, evaluate
-from maml_tune.core.learner import MetaLearner, auto_task_chunk, resolve_strategy
+from maml_tune.core.learner import MetaLearner
+from maml_tune.core.strategies import choose
 from maml_tune.core.tasks import TaskSampler, check_batch, split_generator
 from maml_tune.errors import DivergenceError
 
@@ -70,6 +71,20 @@ def build_learner(config: RunConfig, family: TaskSampler, device: torch.device) 
     return learner.to(device)
 
 
+def build_optimizer(parameters, train: TrainConfig) -> torch.optim.Optimizer:
+    """The outer optimiser ``train.optimizer`` with its settings (see :class:`TrainConfig`)."""
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(
+            parameters, lr=train.meta_lr, momentum=train.momentum, nesterov=train.nesterov,
+            weight_decay=train.weight_decay,
+        )
+    adam = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
+    return adam(
+        parameters, lr=train.meta_lr, betas=(train.beta1, train.beta2), eps=train.eps,
+        weight_decay=train.weight_decay,
+    )
+
+
 def multi_step_weights(algo: AlgoConfig, iteration: int) -> list[float] | None:
     """MAML++'s per-step query-loss weights at ``iteration``: uniform, annealed onto the last step."""
     steps = algo.inner_steps
@@ -80,6 +95,20 @@ def multi_step_weights(algo: AlgoConfig, iteration: int) -> list[float] | None:
     early = max(1.0 / steps - iteration * decay, floor)
     last = min(1.0 / steps + iteration * (steps - 1) * decay, 1.0 - (steps - 1) * floor)
     return [early] * (steps - 1) + [last]
+
+
+@dataclass
+class TrainingRun:
+    """The state of a meta-training run between two :meth:`MetaTrainer.step` calls."""
+
+    learner: MetaLearner
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    scaler: torch.amp.GradScaler | None
+    generator: torch.Generator
+    overflowed: int = 0
+    """fp16: consecutive meta-iterations whose scaled gradients overflowed."""
+    skipped_steps: int = 0
 
 
 MAX_OVERFLOWED_STEPS = 30
@@ -98,10 +127,8 @@ class MetaTrainer:
     ):
         self.config, self.family, self.device = config, family, device
         self.callbacks = list(callbacks)
-        self.strategy = resolve_strategy(config.train.strategy, config.arch, device, config.algo)
-        self.task_chunk = auto_task_chunk(
-            config.train.strategy, config.train.task_chunk, config.arch, device
-        )
+        self.choice = choose(config.arch, device, config.algo, config.train.strategy, config.train.task_chunk)
+        self.strategy, self.task_chunk = self.choice.strategy.name, self.choice.task_chunk
 
     def validate(self, learner: MetaLearner) -> EvalResult:
         t = self.config.train
@@ -111,68 +138,82 @@ class MetaTrainer:
             strategy=self.strategy, device=self.device, precision=t.precision,
         )
 
+    def start(self) -> TrainingRun:
+        """A fresh run: the initial learner (seeded by ``train.seed``), its optimiser and schedule."""
+        cfg, t = self.config, self.config.train
+        learner = build_learner(cfg, self.family, self.device)
+        optimizer = build_optimizer(learner.parameters(), t)
+        scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(t.iterations, 1))
+            if t.cosine
+            else None
+        )
+        # fp16: a dynamic loss scale keeps small gradients from flushing to zero.
+        scaler = torch.amp.GradScaler(self.device.type) if t.precision == "fp16" else None
+        generator = split_generator("train", t.seed, self.device)
+        return TrainingRun(learner, optimizer, scheduler, scaler, generator)
+
+    def step(self, run: TrainingRun, iteration: int) -> float:
+        """Meta-iteration ``iteration`` (from 1): sample a meta-batch, accumulate its
+        meta-gradient, check it is finite, clip it and step the optimiser and schedule.
+        Returns the meta-loss; raises :class:`DivergenceError` when it is not finite."""
+        cfg, t = self.config, self.config.train
+        batch = self.family.sample("train", t.meta_batch, run.generator, self.device)
+        check_batch(batch, self.family, "train", t.meta_batch)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss = run.learner.accumulate_meta_gradient(
+            batch, self.choice.strategy, multi_step_weights(cfg.algo, iteration - 1), self.task_chunk,
+            precision=t.precision, grad_scaler=run.scaler,
+        ).item()
+        if not math.isfinite(loss):
+            raise DivergenceError(f"meta-loss became {loss} at iteration {iteration}", iteration)
+        if run.scaler is None:
+            self._clip_or_fail(run.learner, iteration)
+            run.optimizer.step()
+        else:
+            run.scaler.unscale_(run.optimizer)
+            if self._clip_or_fail(run.learner, iteration, allow_overflow=True):
+                run.overflowed = 0
+            else:
+                run.overflowed += 1
+                run.skipped_steps += 1
+                if run.overflowed > MAX_OVERFLOWED_STEPS:
+                    raise DivergenceError(
+                        f"fp16 meta-gradients overflowed {run.overflowed} iterations in a row "
+                        f"(at iteration {iteration})", iteration,
+                    )
+            run.scaler.step(run.optimizer)  # skipped when the gradients overflowed
+            run.scaler.update()
+        if run.scheduler is not None:
+            run.scheduler.step()
+        return loss
+
     def run(self) -> TrainResult:
         """Meta-train for ``train.iterations`` iterations and return the learner.
 
         Raises :class:`DivergenceError` as soon as the meta-loss, the meta-gradient or a
         validation loss is not finite.
         """
-        cfg, t = self.config, self.config.train
-        learner = build_learner(cfg, self.family, self.device)
-        optimizer = torch.optim.Adam(learner.parameters(), lr=t.meta_lr)
-        scheduler = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(t.iterations, 1))
-            if t.cosine
-            else None
-        )
-        generator = split_generator("train", t.seed, self.device)
-        result = TrainResult(learner, 0, 0.0, 0.0, 0.0, self.strategy)
-        # fp16: a dynamic loss scale keeps small gradients from flushing to zero.
-        scaler = torch.amp.GradScaler(self.device.type) if t.precision == "fp16" else None
+        t = self.config.train
+        run = self.start()
+        result = TrainResult(run.learner, 0, 0.0, 0.0, 0.0, self.strategy)
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
-        overflowed = 0
         started = time.perf_counter()
         for iteration in range(1, t.iterations + 1):
             step_started = time.perf_counter()
-            batch = self.family.sample("train", t.meta_batch, generator, self.device)
-            check_batch(batch, self.family, "train", t.meta_batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss = learner.accumulate_meta_gradient(
-                batch, self.strategy, multi_step_weights(cfg.algo, iteration - 1), self.task_chunk,
-                precision=t.precision, grad_scaler=scaler,
-            ).item()
-            if not math.isfinite(loss):
-                raise DivergenceError(f"meta-loss became {loss} at iteration {iteration}", iteration)
-            meta_lr = optimizer.param_groups[0]["lr"]
-            if scaler is None:
-                self._clip_or_fail(learner, iteration)
-                optimizer.step()
-            else:
-                scaler.unscale_(optimizer)
-                if self._clip_or_fail(learner, iteration, allow_overflow=True):
-                    overflowed = 0
-                else:
-                    overflowed += 1
-                    result.skipped_steps += 1
-                    if overflowed > MAX_OVERFLOWED_STEPS:
-                        raise DivergenceError(
-                            f"fp16 meta-gradients overflowed {overflowed} iterations in a row "
-                            f"(at iteration {iteration})", iteration,
-                        )
-                scaler.step(optimizer)  # skipped when the gradients overflowed
-                scaler.update()
-            if scheduler is not None:
-                scheduler.step()
+            meta_lr = run.optimizer.param_groups[0]["lr"]
+            loss = self.step(run, iteration)
             result.train_seconds += time.perf_counter() - step_started
             result.iterations = iteration
+            result.skipped_steps = run.skipped_steps
             rate = iteration * t.meta_batch / result.train_seconds
             report = IterationReport(iteration, t.iterations, loss, meta_lr, rate)
             for callback in self.callbacks:
                 callback.on_iteration(report)
             if iteration % t.val_interval == 0 or iteration == t.iterations:
-                self._validate(learner, iteration, result)
+                self._validate(run.learner, iteration, result)
         result.wall_seconds = time.perf_counter() - started
         if cuda:
             result.peak_gpu_mb = torch.cuda.max_memory_allocated(self.device) / 2**20

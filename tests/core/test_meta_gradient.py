@@ -289,27 +289,27 @@ def test_checkpoint_inner_is_refused_under_vmap():
 
 
 def test_auto_strategy_avoids_vmap_with_checkpoint_inner():
-    from maml_tune.core.learner import explain_strategy, resolve_strategy
+    from maml_tune.core.strategies import choose
 
     algo = AlgoConfig(checkpoint_inner=True)
     cuda = torch.device("cuda")  # only inspected, never allocated on
-    assert resolve_strategy("auto", PROBLEMS["conv"]["arch"], cuda) == "vmap"
-    chosen, why = explain_strategy("auto", PROBLEMS["conv"]["arch"], cuda, algo)
-    assert chosen == "batched" and "checkpoint_inner" in why
-    with pytest.raises(ConfigError):
-        resolve_strategy("vmap", PROBLEMS["mlp"]["arch"], torch.device("cpu"), algo)
+    assert choose(PROBLEMS["conv"]["arch"], cuda).strategy.name == "vmap"
+    chosen = choose(PROBLEMS["conv"]["arch"], cuda, algo)
+    assert chosen.strategy.name == "batched" and "checkpoint_inner" in chosen.reason
+    with pytest.raises(ConfigError, match="batched, loop or auto, not vmap"):
+        choose(PROBLEMS["mlp"]["arch"], torch.device("cpu"), algo, "vmap")
 
 
 def test_auto_on_cpu_is_batched_with_one_conv_task_per_pass():
-    from maml_tune.core.learner import auto_task_chunk, resolve_strategy
+    from maml_tune.core.strategies import choose
 
     cpu = torch.device("cpu")
-    for problem in ("mlp", "conv"):
-        assert resolve_strategy("auto", PROBLEMS[problem]["arch"], cpu) == "batched"
-    assert auto_task_chunk("auto", 0, PROBLEMS["conv"]["arch"], cpu) == 1
-    assert auto_task_chunk("auto", 0, PROBLEMS["mlp"]["arch"], cpu) == 0
-    assert auto_task_chunk("auto", 8, PROBLEMS["conv"]["arch"], cpu) == 8
-    assert auto_task_chunk("batched", 0, PROBLEMS["conv"]["arch"], cpu) == 0
+    conv, mlp = PROBLEMS["conv"]["arch"], PROBLEMS["mlp"]["arch"]
+    assert (choose(mlp, cpu).strategy.name, choose(mlp, cpu).task_chunk) == ("batched", 0)
+    assert (choose(conv, cpu).strategy.name, choose(conv, cpu).task_chunk) == ("batched", 1)
+    assert choose(conv, cpu, task_chunk=8).task_chunk == 8
+    assert choose(conv, cpu, requested="batched").task_chunk == 0
+    assert "requested" in choose(conv, cpu, requested="loop").reason
 
 
 @pytest.mark.parametrize("strategy", ["loop", "batched"])

@@ -170,3 +170,57 @@ def test_multi_step_weights_follow_the_iteration_they_are_used_at(monkeypatch):
     # Iteration 1 uses the weights at 0 (uniform), and so on; they are annealed by iteration 2.
     assert seen["weights"] == [multi_step_weights(config.algo, i) for i in range(4)]
     assert seen["weights"][0] == pytest.approx([1 / 3] * 3)
+
+
+@pytest.mark.parametrize(
+    ("settings", "optimizer"),
+    [({}, torch.optim.Adam), ({"train.optimizer": "adamw", "train.weight_decay": 0.01}, torch.optim.AdamW),
+     ({"train.optimizer": "sgd", "train.momentum": 0.9, "train.nesterov": True}, torch.optim.SGD)],
+)
+def test_outer_optimiser_is_configuration(settings, optimizer):
+    from maml_tune.core.trainer import build_optimizer
+
+    adam_betas = {} if settings.get("train.optimizer") == "sgd" else {"train.beta1": 0.8}
+    config = _config(**adam_betas, **settings)
+    built = build_optimizer([torch.nn.Parameter(torch.zeros(2))], config.train)
+    assert type(built) is optimizer
+    group = built.param_groups[0]
+    assert group["lr"] == config.train.meta_lr and group["weight_decay"] == config.train.weight_decay
+    if optimizer is torch.optim.SGD:
+        assert group["momentum"] == 0.9 and group["nesterov"]
+    else:
+        assert group["betas"] == (0.8, 0.999) and group["eps"] == 1e-8
+
+
+def test_sgd_meta_step_is_minus_meta_lr_times_the_meta_gradient(monkeypatch):
+    seen = _spy_on_steps(monkeypatch)
+    config = _config(**{"train.iterations": 1, "train.val_interval": 1, "train.optimizer": "sgd",
+                        "train.meta_lr": 0.05})
+    trainer = MetaTrainer(config, Sinusoid(), CPU)
+    run = trainer.start()
+    before = [p.detach().clone() for p in run.learner.parameters()]
+    trainer.step(run, 1)
+    for p, old in zip(run.learner.parameters(), before):
+        assert torch.allclose(p.detach(), old - 0.05 * p.grad, atol=1e-7)
+    assert seen["weights"] == [None]
+
+
+def test_optimiser_settings_it_does_not_use_are_refused():
+    from maml_tune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.momentum does not apply to train.optimizer adam"):
+        _config(**{"train.momentum": 0.9})
+    with pytest.raises(ConfigError, match="train.beta2 does not apply to train.optimizer sgd"):
+        _config(**{"train.optimizer": "sgd", "train.beta2": 0.99})
+    with pytest.raises(ConfigError, match="train.optimizer: expected one of adam, adamw, sgd"):
+        _config(**{"train.optimizer": "lion"})
+    with pytest.raises(ConfigError, match="train.beta1"):
+        _config(**{"train.beta1": 1.0})
+
+
+def test_bench_times_the_training_step_with_its_checks():
+    from maml_tune.core.bench import measure_throughput
+
+    config = _config(**{"algo.inner_lr": 1e6, "algo.inner_steps": 3})
+    with pytest.raises(DivergenceError):
+        measure_throughput(config, Sinusoid(), CPU, seconds=0.2)
