@@ -33,6 +33,7 @@ def main() -> None:
 
     from maml_tune.families.registry import Registry
     from maml_tune.search import objective as objective_module
+    from maml_tune.search.events import TrialEnded, TrialStarted
     from maml_tune.search.runner import SearchOptions, run_search
     from maml_tune.search.spec import default_spec_path, load_spec
 
@@ -73,9 +74,11 @@ def main() -> None:
     )
     marks: list[tuple[str, float]] = []
 
-    def events(event: dict) -> None:
-        if event["kind"] in ("trial_start", "trial_end"):
-            marks.append((event["kind"], time.perf_counter()))
+    def events(event) -> None:
+        if isinstance(event, TrialStarted):
+            marks.append(("trial_start", time.perf_counter()))
+        elif isinstance(event, TrialEnded):
+            marks.append(("trial_end", time.perf_counter()))
 
     started = time.perf_counter()
     result = run_search(

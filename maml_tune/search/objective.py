@@ -28,7 +28,6 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from maml_tune.core.config import RunConfig
 from maml_tune.core.trainer import TrainerCallback
 from maml_tune.errors import ConfigError, DivergenceError, StudyError
 from maml_tune.search import interrupt
-from maml_tune.search.events import IterationDone, TrialStarted, Validated
+from maml_tune.search.events import EventSink, IterationDone, TrialStarted, Validated
 from maml_tune.search.space import suggest
 from maml_tune.search.spec import StudySpec
 
@@ -66,8 +65,6 @@ USER_ATTRS = {
 }
 """User attributes every trial records (``reason`` only when pruned or failed)."""
 
-Event = dict[str, Any]
-EventSink = Callable[[Event], None]
 
 
 class TrialFailed(StudyError):

@@ -296,7 +296,7 @@ def test_predict_on_held_out_omniglot_characters(tmp_path):
     trained = invoke(
         "train", "--family", "omniglot", "--set", f"family.data_dir={SHARED_OMNIGLOT}",
         "--set", f"family.cache_dir={cache}", "--set", "arch.channels=16", "--set", "train.meta_batch=4",
-        "--iterations", "60", "--set", "train.val_interval=60", "--set", "train.val_tasks=10",
+        "--iterations", "150", "--set", "train.val_interval=150", "--set", "train.val_tasks=10",
         "--set", "eval_tasks=10", "--device", "cpu", "--out", str(checkpoint),
     )
     assert trained.exit_code == 0, trained.output
