@@ -21,7 +21,7 @@ from maml_tune.core.config import QUERY_NORMS, AlgoConfig, ArchConfig
 from maml_tune.core.inner import LossFn, Params, adapt, inner_trajectory, make_forward
 from maml_tune.core.nets import HEAD_PREFIX, BatchStatNorm, build_network
 from maml_tune.core.precision import autocast
-from maml_tune.core.strategies import AUTO, Strategy, strategy_named
+from maml_tune.core.strategies import AUTO, Strategy, checkpointable, strategy_named
 from maml_tune.core.tasks import TaskBatch
 from maml_tune.errors import ConfigError
 
@@ -213,7 +213,8 @@ class MetaLearner(nn.Module):
         strategy = _strategy(strategy)
         if self.algo.checkpoint_inner and not strategy.supports_checkpoint_inner:
             raise ConfigError(
-                f"algo.checkpoint_inner cannot run under the {strategy.name} strategy; use loop or batched"
+                f"algo.checkpoint_inner cannot run under the {strategy.name} strategy; "
+                f"use {' or '.join(checkpointable())}"
             )
         n_tasks = batch.n_tasks
         size = 1 if strategy.one_task_per_pass else task_chunk or n_tasks

@@ -2,7 +2,7 @@
 ``STRATEGY``), and :func:`choose`, which picks one for an architecture, device and algorithm."""
 
 from maml_tune.core.strategies._base import Strategy
-from maml_tune.core.strategies._choose import AUTO, Choice, choose, strategy_named
+from maml_tune.core.strategies._choose import AUTO, Choice, checkpointable, choose, strategy_named
 from maml_tune.core.strategies._registry import STRATEGIES
 
-__all__ = ["AUTO", "STRATEGIES", "Choice", "Strategy", "choose", "strategy_named"]
+__all__ = ["AUTO", "STRATEGIES", "Choice", "Strategy", "checkpointable", "choose", "strategy_named"]

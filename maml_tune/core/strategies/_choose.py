@@ -38,7 +38,8 @@ def choose(arch, device: torch.device, algo=None, requested: str = AUTO, task_ch
         strategy = strategy_named(requested)
         if checkpointed and not strategy.supports_checkpoint_inner:
             raise ConfigError(
-                f"algo.checkpoint_inner needs train.strategy {_checkpointable()} or auto, not {requested} "
+                f"algo.checkpoint_inner needs train.strategy {', '.join(checkpointable())} or auto, "
+                f"not {requested} "
                 "(torch.func transforms do not support the checkpoint's saved-tensor hooks)"
             )
         others = ", ".join(name for name in STRATEGIES if name != requested)
@@ -76,5 +77,6 @@ def strategy_named(name: str) -> Strategy:
         ) from None
 
 
-def _checkpointable() -> str:
-    return ", ".join(name for name, s in STRATEGIES.items() if s.supports_checkpoint_inner)
+def checkpointable() -> list[str]:
+    """The strategies that can run ``algo.checkpoint_inner``."""
+    return [name for name, s in STRATEGIES.items() if s.supports_checkpoint_inner]
