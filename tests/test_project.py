@@ -1,5 +1,6 @@
 """Project-level invariants: dependency direction, README ↔ CI, packaging."""
 
+import ast
 import subprocess
 import sys
 import textwrap
@@ -52,11 +53,55 @@ def test_search_imports_without_typer_rich():
     assert result.returncode == 0, result.stderr
 
 
+# Who may import whom inside the package: a layer imports only layers below it (cli may also
+# use dashboard, which renders for it). Top-level modules (errors, __init__) are below everything.
+LAYERS = {"core": 0, "families": 1, "search": 2, "dashboard": 3, "cli": 4}
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, imported names) for every maml_tune import in ``path``, also those inside functions."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("maml_tune"):
+            found.append((node.module, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            found += [(a.name, []) for a in node.names if a.name.startswith("maml_tune")]
+    return found
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS.get(parts[1], -1) if len(parts) > 1 else -1
+
+
+def test_internal_layering_points_one_way_without_private_cross_module_imports():
+    problems = []
+    for path in sorted((ROOT / "maml_tune").rglob("*.py")):
+        relative = path.relative_to(ROOT).with_suffix("")
+        module = ".".join(relative.parts).removesuffix(".__init__")
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        for target, names in _imports(path):
+            if _layer(target) > _layer(module):
+                problems.append(f"{module} imports {target} (a higher layer)")
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            if private and target != package:
+                problems.append(f"{module} imports private {', '.join(private)} from {target}")
+    assert problems == []
+
+
+def test_the_layering_check_sees_an_upward_and_a_private_import(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from maml_tune.search.storage import _hidden\n")
+    assert _imports(probe) == [("maml_tune.search.storage", ["_hidden"])]
+    assert _layer("maml_tune.search.storage") > _layer("maml_tune.core.config") > _layer("maml_tune.errors")
+
+
 def test_ci_runs_the_readme_test_command_verbatim():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     commands = [
-        line.strip() for line in readme.splitlines()
+        line.strip()
+        for line in readme.splitlines()
         if line.strip().startswith("pip install torch==2.13.0") and "pytest" in line
     ]
     assert len(commands) == 1, "the README must show exactly one test command"

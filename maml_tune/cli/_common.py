@@ -90,11 +90,6 @@ def at_least(minimum: float, what: str = "an integer"):
     return check
 
 
-def family_options(sets: dict[str, Any]) -> dict[str, Any]:
-    """The ``family.KEY`` entries of a settings dict, without the prefix."""
-    return {k.split(".", 1)[1]: v for k, v in sets.items() if k.startswith("family.")}
-
-
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     sys.stdout.flush()

@@ -206,7 +206,7 @@ def check(
 
     Exits with status 1 when any check fails.
     """
-    from maml_tune.cli._common import family_options
+    from maml_tune.core.config import FAMILY_PREFIX
 
     reg = registry(ctx)
     plugin = reg.plugin(name)
@@ -214,7 +214,7 @@ def check(
     if plugin.ok:
         from maml_tune.families.testing import CHECKS, run_conformance
 
-        options = family_options({k if "." in k else f"family.{k}": v for k, v in parse_sets(sets).items()})
+        options = {k.removeprefix(FAMILY_PREFIX): v for k, v in parse_sets(sets).items()}
         family_cls = plugin.family
         results.append({"check": "load", "passed": True, "reason": ""})
         if not as_json:

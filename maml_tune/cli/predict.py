@@ -102,7 +102,7 @@ def predict(
             f"predict needs a checkpoint of an image classification family; {checkpoint} is "
             f"{learner.kind} on inputs of shape {learner.input_shape} (family {config.family!r})"
         )
-    family = registry(ctx).create(config.family, dict(config.family_options))
+    family = registry(ctx).family_of(config)
     if not callable(getattr(family, "preprocess", None)):
         raise ConfigError(
             f"task family {config.family!r} has no preprocess(images) method, so it cannot read image files"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -18,7 +17,6 @@ from maml_tune.cli._common import (
     QueryNorm,
     SetOption,
     err,
-    family_options,
     fmt,
     live_progress,
     out,
@@ -128,65 +126,52 @@ def train(
 ) -> None:
     """Meta-train one configuration and write its checkpoint directory."""
     from maml_tune.core.checkpoint import save_checkpoint
+    from maml_tune.core.config import family_settings
     from maml_tune.core.device import resolve_device
-    from maml_tune.core.evaluation import evaluate
-    from maml_tune.core.trainer import MetaTrainer
+    from maml_tune.core.run import train_and_test
 
-    overrides: dict = {}
+    settings: dict = {}
     family_name = family
     if from_study is not None:
-        from maml_tune.search.results import trial_overrides
+        from maml_tune.search.results import trial_config
 
-        family_name, study_options, study_overrides = trial_overrides(storage, from_study, trial)
-        overrides.update({f"family.{k}": v for k, v in study_options.items()})
-        overrides.update(study_overrides)
+        trial_run = trial_config(storage, from_study, trial)
+        family_name = trial_run.family
+        settings.update(trial_run.settings())
     if spec is not None:
         from maml_tune.search.spec import load_spec
 
         loaded = load_spec(spec, registry(ctx))
         family_name = family_name or loaded.family
-        overrides.update({f"family.{k}": v for k, v in loaded.family_options.items()})
-        overrides.update(loaded.fixed)
-    overrides.update(parse_sets(sets))
+        settings.update(family_settings(loaded.family_options))
+        settings.update(loaded.fixed)
+    settings.update(parse_sets(sets))
     if iterations is not None:
-        overrides["train.iterations"] = iterations
+        settings["train.iterations"] = iterations
     if seed is not None:
-        overrides["train.seed"] = seed
+        settings["train.seed"] = seed
     torch_device = resolve_device(device)
-    task_family = registry(ctx).create(family_name or "sinusoid", family_options(overrides))
-    config = task_family.run_config({k: v for k, v in overrides.items() if not k.startswith("family.")})
+    task_family, config = registry(ctx).configure(family_name or "sinusoid", settings)
     target = out_dir or Path("runs") / f"{task_family.name}-{datetime.now():%Y%m%d-%H%M%S}"
     with live_progress(_make_progress()) as progress:
         task_family.prepare(_family_prepare_progress(progress))
-        trainer = MetaTrainer(config, task_family, torch_device, [_progress_callback(progress)])
-        started = time.perf_counter()
-        result = trainer.run()
-    test = evaluate(
-        result.learner, task_family, split="test", tasks=config.eval_tasks,
-        steps=config.algo.eval_inner_steps, seed=config.eval_seed, strategy=result.strategy,
-        device=torch_device,
-    )
-    metadata = {
-        "iterations": result.iterations,
-        "wall_seconds": time.perf_counter() - started,
-        "tasks_per_sec": result.tasks_per_sec,
-        "device": str(torch_device),
-        "strategy": result.strategy,
-        "validation": [{"iteration": i, **v.to_dict()} for i, v in result.validations],
-        "test": test.to_dict(),
-    }
-    save_checkpoint(target, result.learner, config, metadata)
-    out.print(_results_table(f"{task_family.name}: meta-test", test))
+        run = train_and_test(config, task_family, torch_device, [_progress_callback(progress)])
+    save_checkpoint(target, run.learner, config, run.summary)
+    summary = run.summary
+    out.print(_results_table(f"{task_family.name}: meta-test", run.test))
     out.print(
-        f"checkpoint: {target}  ({result.iterations} iterations, {result.wall_seconds:.1f} s, "
-        f"{result.tasks_per_sec:,.0f} tasks/s, {result.strategy} on {torch_device})"
+        f"checkpoint: {target}  ({summary.iterations} iterations, {summary.wall_seconds:.1f} s, "
+        f"{summary.tasks_per_sec:,.0f} tasks/s, {summary.strategy} on {torch_device})"
     )
 
 
 def evaluate_command(
     ctx: typer.Context,
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory written by train.")],
-    tasks: Annotated[int, typer.Option("--tasks", min=1, help="Held-out test tasks.")] = 600,
+    tasks: Annotated[
+        int | None,
+        typer.Option("--tasks", min=1, help="Held-out test tasks (default: the config's eval_tasks)."),
+    ] = None,
     steps: Annotated[
         int | None,
         typer.Option(
@@ -199,26 +184,28 @@ def evaluate_command(
     query_norm: Annotated[
         QueryNorm | None, query_norm_option("the mode the checkpoint was trained with")
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option("--precision", help="fp32, bf16 or fp16 (default: the precision it was trained in)."),
+    ] = None,
     device: DeviceOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
     """Meta-test a checkpoint: query loss (and accuracy) before and after adaptation, with 95% intervals."""
     from maml_tune.core.checkpoint import load_checkpoint
     from maml_tune.core.device import resolve_device
-    from maml_tune.core.evaluation import evaluate
-    from maml_tune.core.strategies import choose
+    from maml_tune.core.run import meta_test
 
     torch_device = resolve_device(device)
     loaded = load_checkpoint(checkpoint, torch_device)
     config = loaded.config
-    task_family = registry(ctx).create(config.family, dict(config.family_options))
+    if precision is not None:
+        config = config.override({"train.precision": precision})
+    task_family = registry(ctx).family_of(config)
     task_family.prepare()
-    result = evaluate(
-        loaded.learner, task_family, split="test", tasks=tasks,
-        steps=config.algo.eval_inner_steps if steps is None else steps,
-        seed=config.eval_seed if seed is None else seed,
-        strategy=choose(config.arch, torch_device, config.algo, config.train.strategy).strategy,
-        device=torch_device, query_norm=None if query_norm is None else query_norm.value,
+    result = meta_test(
+        loaded.learner, config, task_family, torch_device, tasks=tasks, steps=steps, seed=seed,
+        query_norm=None if query_norm is None else query_norm.value,
     )
     if as_json:
         print_json({"family": config.family, "checkpoint": str(checkpoint), **result.to_dict()})
@@ -271,8 +258,7 @@ def bench(
     if precision is not None:
         overrides["train.precision"] = precision
     torch_device = resolve_device(device)
-    task_family = registry(ctx).create(family, family_options(overrides))
-    config = task_family.run_config({k: v for k, v in overrides.items() if not k.startswith("family.")})
+    task_family, config = registry(ctx).configure(family, overrides)
     task_family.prepare()
     t = config.train
     reason = choose(config.arch, torch_device, config.algo, t.strategy, t.task_chunk).reason

@@ -1,4 +1,5 @@
-"""Checkpoints: weights in safetensors (no pickle) plus the full run config as JSON.
+"""Checkpoints: weights in safetensors (no pickle) plus the full run config and what the run
+measured (:class:`~maml_tune.core.run.RunSummary`) as JSON.
 
 A checkpoint directory holds ``weights.safetensors`` and ``checkpoint.json``; the JSON
 records the SHA-256 of the weights, so a corrupt or tampered file is refused. Each file
@@ -12,9 +13,8 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -23,6 +23,7 @@ from safetensors.torch import save as save_safetensors
 
 from maml_tune.core.config import RunConfig
 from maml_tune.core.learner import MetaLearner
+from maml_tune.core.run import RunSummary
 from maml_tune.errors import CheckpointError, MamlTuneError
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -32,14 +33,15 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A loaded checkpoint: the learner (on the requested device), its config and metadata."""
+    """A loaded checkpoint: the learner (on the requested device), its config and run summary."""
 
     learner: MetaLearner
     config: RunConfig
     input_shape: tuple[int, ...]
     output_size: int
     kind: str
-    metadata: dict[str, Any] = field(default_factory=dict)
+    summary: RunSummary | None = None
+    """``None`` when saved without one, or by a release before summaries (its ``metadata`` is not read)."""
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -57,9 +59,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def save_checkpoint(
     directory: str | os.PathLike, learner: MetaLearner, config: RunConfig,
-    metadata: dict[str, Any] | None = None,
+    summary: RunSummary | None = None,
 ) -> Path:
-    """Write ``learner``'s meta-parameters and ``config`` to ``directory`` (created if needed)."""
+    """Write ``learner``'s meta-parameters, ``config`` and ``summary`` to ``directory`` (created
+    if needed)."""
     directory = Path(directory)
     state = {name: t.detach().to("cpu").contiguous() for name, t in learner.state_dict().items()}
     blob = save_safetensors(state)
@@ -70,8 +73,9 @@ def save_checkpoint(
         "output_size": learner.output_size,
         "kind": learner.kind,
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
-        "metadata": metadata or {},
     }
+    if summary is not None:
+        meta["summary"] = summary.to_dict()
     try:
         directory.mkdir(parents=True, exist_ok=True)
         _atomic_write(directory / WEIGHTS_FILE, blob)
@@ -107,8 +111,7 @@ def load_checkpoint(directory: str | os.PathLike, device: torch.device | str = "
         state = load_safetensors(blob)
         learner = MetaLearner(config.arch, config.algo, input_shape, output_size, kind)
         learner.load_state_dict(state)
+        summary = RunSummary.from_dict(meta["summary"]) if "summary" in meta else None
     except (KeyError, TypeError, RuntimeError, SafetensorError, MamlTuneError) as exc:
         raise CheckpointError(f"checkpoint {directory} is invalid: {exc}") from None
-    return Checkpoint(
-        learner.to(device), config, input_shape, output_size, kind, meta.get("metadata", {})
-    )
+    return Checkpoint(learner.to(device), config, input_shape, output_size, kind, summary)

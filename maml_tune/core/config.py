@@ -203,6 +203,15 @@ class RunConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         return _build(cls, data, "")
 
+    def settings(self) -> dict[str, Any]:
+        """Every setting as a dotted key (``{"arch.kind": "mlp", …, "family.k_shot": 10}``);
+        ``RunConfig(family=…).override(settings)`` rebuilds this config."""
+        data = self.to_dict()
+        out = {f"{s}.{name}": value for s in _SECTIONS for name, value in data[s].items()}
+        out.update({name: data[name] for name in _TOP_FIELDS if name != "family"})
+        out.update(family_settings(data["family_options"]))
+        return out
+
     def override(self, values: Mapping[str, Any]) -> RunConfig:
         """A copy with dotted-key overrides applied, e.g. ``{"algo.inner_lr": "0.1"}``.
 
@@ -245,7 +254,31 @@ def resolve_key(key: str) -> tuple[str, str]:
 
 def all_keys() -> list[str]:
     keys = [f"{s}.{f.name}" for s, cls in _SECTIONS.items() for f in dataclasses.fields(cls)]
-    return keys + list(_TOP_FIELDS) + ["family.<option>"]
+    return keys + list(_TOP_FIELDS) + [f"{FAMILY_PREFIX}<option>"]
+
+
+def field_type(key: str) -> Any:
+    """The annotated type of setting ``key`` (``"algo.inner_lr"`` → ``float``); family options → ``Any``."""
+    section, name = resolve_key(key)
+    if section == "family":
+        return Any
+    return typing.get_type_hints(_SECTIONS[section] if section else RunConfig)[name]
+
+
+FAMILY_PREFIX = "family."
+"""Dotted settings under this prefix are options of the task family, not of the run."""
+
+
+def split_family(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``{"family.ways": 5, "algo.inner_lr": 0.1}`` → ``({"ways": 5}, {"algo.inner_lr": 0.1})``."""
+    options = {k[len(FAMILY_PREFIX):]: v for k, v in overrides.items() if k.startswith(FAMILY_PREFIX)}
+    rest = {k: v for k, v in overrides.items() if not k.startswith(FAMILY_PREFIX)}
+    return options, rest
+
+
+def family_settings(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Family options as dotted settings: ``{"ways": 5}`` → ``{"family.ways": 5}``."""
+    return {f"{FAMILY_PREFIX}{k}": v for k, v in options.items()}
 
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:

@@ -11,7 +11,7 @@ from maml_tune.dashboard._records import STATES, RefreshStats, StudyInfo, TrialR
 from maml_tune.dashboard._source_base import StudySource
 from maml_tune.errors import StorageError, StudyError
 from maml_tune.search.results import STUDY_ATTR
-from maml_tune.search.storage import _sqlite_path, mask_url, normalize_url, storage_errors, storage_url
+from maml_tune.search.storage import mask_url, normalize_url, sqlite_path, storage_errors, storage_url
 
 READ_TIMEOUT_S = 10
 _CHUNK = 500
@@ -36,7 +36,7 @@ def make_engine(url: str | None):
     import sqlalchemy
 
     url = normalize_url(storage_url(url))
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is not None and not path.exists():
         raise StorageError(f"no study database at {mask_url(url)} (run maml-tune search first)")
     kwargs: dict[str, Any]

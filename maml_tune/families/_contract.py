@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from maml_tune.core.config import ArchConfig, RunConfig, coerce_value, type_name
+from maml_tune.core.config import ArchConfig, RunConfig, coerce_value, family_settings, type_name
 from maml_tune.core.tasks import TaskBatch
 from maml_tune.errors import ConfigError
 
@@ -115,9 +115,7 @@ class TaskFamily(abc.ABC):
         every option value of this instance recorded so the run can be reproduced."""
         base = RunConfig(family=self.name, arch=ArchConfig(**self.default_architecture()))
         config = base.override(self.literature_config()).override(dict(overrides or {}))
-        return config.override(
-            {f"family.{k}": v for k, v in dataclasses.asdict(self.options).items()}
-        )
+        return config.override(family_settings(dataclasses.asdict(self.options)))
 
     def describe_options(self) -> list[dict[str, Any]]:
         """One entry per option: name, type, default, current value, help, min/max/choices."""

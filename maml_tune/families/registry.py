@@ -25,12 +25,13 @@ import os
 import re
 import sys
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, is_dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from maml_tune.core.config import coerce_value
+from maml_tune.core.config import RunConfig, coerce_value, split_family
 from maml_tune.core.tasks import KINDS
 from maml_tune.errors import FamilyError, MamlTuneError, PluginError
 from maml_tune.families._contract import TaskFamily
@@ -258,6 +259,17 @@ class Registry:
                 f"task family {name!r} ({plugin.source}) failed to initialise: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
+
+    def configure(self, name: str, settings: Mapping[str, Any]) -> tuple[TaskFamily, RunConfig]:
+        """Family ``name`` and its run config from dotted ``settings``: the ``family.*`` ones
+        are the family's options, the rest override its :meth:`~TaskFamily.run_config`."""
+        options, overrides = split_family(settings)
+        family = self.create(name, options)
+        return family, family.run_config(overrides)
+
+    def family_of(self, config: RunConfig) -> TaskFamily:
+        """The family instance ``config`` was made with (its recorded name and options)."""
+        return self.create(config.family, dict(config.family_options))
 
 
 def _file_loader(path: Path):

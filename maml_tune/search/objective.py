@@ -23,6 +23,7 @@ interrupt (Ctrl-C, see :mod:`maml_tune.search.interrupt`) fails it with ``reason
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import os
@@ -71,19 +72,6 @@ class TrialFailed(StudyError):
     """A trial cannot run (e.g. its sampled configuration is invalid); the study goes on."""
 
 
-def flat_config(config: RunConfig) -> dict[str, Any]:
-    """``RunConfig`` → ``{"arch.kind": "mlp", …, "eval_tasks": 600}`` (family options as ``family.*``)."""
-    data = config.to_dict()
-    out: dict[str, Any] = {}
-    for section in ("arch", "algo", "train"):
-        for name, value in data[section].items():
-            out[f"{section}.{name}"] = value
-    out["eval_tasks"], out["eval_seed"] = data["eval_tasks"], data["eval_seed"]
-    for name, value in data["family_options"].items():
-        out[f"family.{name}"] = value
-    return out
-
-
 def pruning_metric(spec: StudySpec) -> str | None:
     """The validation metric reported for pruning, or ``None`` (multi-objective, cost objectives)."""
     if spec.objective.multi:
@@ -123,7 +111,7 @@ class TrialObjective:
         self.checkpoint_root = Path(checkpoint_root) if checkpoint_root is not None else None
         self.events = events or (lambda event: None)
         self.base_overrides = spec.base_overrides()
-        self.base = flat_config(family.run_config(self.base_overrides))
+        self.base = family.run_config(self.base_overrides).settings()
         self.report_metric = pruning_metric(spec)
         self.trial_id: int | None = None
         """Storage id of the trial this objective ran last (the runner re-queues it on interrupt)."""
@@ -187,47 +175,21 @@ class TrialObjective:
 
     def _run(self, trial: Any, config: RunConfig, callback: _TrialCallback, started: float):
         from maml_tune.core.checkpoint import save_checkpoint
-        from maml_tune.core.evaluation import evaluate
-        from maml_tune.core.trainer import MetaTrainer
+        from maml_tune.core.run import train_and_test
 
         interrupt.check()
-        result = MetaTrainer(config, self.family, self.device, [callback]).run()
-        learner = result.learner
-        n_params = sum(p.numel() for p in learner.parameters())
-        weights = dict(learner.net.named_parameters())
-        n_adapted = sum(weights[name].numel() for name in learner.adapted_names)
-        steps = config.algo.eval_inner_steps
-        eval_started = time.perf_counter()
-        interrupt.check()
-        test = evaluate(
-            learner,
-            self.family,
-            split="test",
-            tasks=config.eval_tasks,
-            steps=steps,
-            seed=config.eval_seed,
-            strategy=result.strategy,
-            device=self.device,
-            precision=config.train.precision,
-        )
-        _synchronize(self.device)
-        interrupt.check()
-        adaptation_time = (time.perf_counter() - eval_started) / config.eval_tasks
-        if not math.isfinite(test.loss_after.mean):
-            raise DivergenceError(f"test loss became {test.loss_after.mean}", result.iterations)
-        metrics: dict[str, Any] = {}
-        if result.validations:
-            metrics.update(_prefixed("val", result.validations[-1][1].to_dict()))
-        metrics.update(_prefixed("test", test.to_dict()))
-        metrics["adaptation_cost"] = steps * n_adapted
-        metrics["adaptation_time"] = adaptation_time
+        run = train_and_test(config, self.family, self.device, [callback], between=interrupt.check)
+        summary = run.summary
+        if not math.isfinite(run.test.loss_after.mean):
+            raise DivergenceError(f"test loss became {run.test.loss_after.mean}", summary.iterations)
+        metrics = dict(summary.metrics)
         trial.set_user_attr("metrics", metrics)
-        trial.set_user_attr("n_params", n_params)
-        trial.set_user_attr("n_adapted_params", n_adapted)
-        trial.set_user_attr("train_seconds", result.train_seconds)
-        trial.set_user_attr("tasks_per_sec", result.tasks_per_sec)
-        if result.peak_gpu_mb is not None:
-            trial.set_user_attr("peak_gpu_mb", result.peak_gpu_mb)
+        trial.set_user_attr("n_params", summary.n_params)
+        trial.set_user_attr("n_adapted_params", summary.n_adapted_params)
+        trial.set_user_attr("train_seconds", summary.train_seconds)
+        trial.set_user_attr("tasks_per_sec", summary.tasks_per_sec)
+        if run.training.peak_gpu_mb is not None:
+            trial.set_user_attr("peak_gpu_mb", run.training.peak_gpu_mb)
         values = []
         for metric in self.spec.objective.metrics:
             if metric not in metrics:
@@ -235,31 +197,10 @@ class TrialObjective:
             values.append(float(metrics[metric]))
         if self.checkpoint_root is not None and self.spec.study.top_k_checkpoints > 0:
             target = checkpoint_dir(self.checkpoint_root, self.study_name, trial.number)
-            save_checkpoint(
-                target,
-                learner,
-                config,
-                {
-                    "study": self.study_name,
-                    "trial": trial.number,
-                    "metrics": metrics,
-                    "wall_seconds": time.perf_counter() - started,
-                },
-            )
+            origin = dataclasses.replace(summary, study=self.study_name, trial=trial.number)
+            save_checkpoint(target, run.learner, config, origin)
             trial.set_user_attr("checkpoint", str(target.resolve()))
         return values[0] if len(values) == 1 else tuple(values)
-
-
-def _prefixed(prefix: str, data: dict[str, Any]) -> dict[str, Any]:
-    """``{"loss_after": x, "loss_after_ci95": c, …}`` → ``{"val_loss": x, "val_loss_ci95": c, …}``."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if key in ("split", "tasks", "steps", "query_norm"):
-            out[f"{prefix}_{key}"] = value
-            continue
-        name = key.replace("loss_after", "loss").replace("accuracy_after", "accuracy")
-        out[f"{prefix}_{name}"] = value
-    return out
 
 
 def process_identity() -> dict[str, Any]:
@@ -317,13 +258,6 @@ def _free_memory(device: Any) -> None:
         import torch
 
         torch.cuda.empty_cache()
-
-
-def _synchronize(device: Any) -> None:
-    if getattr(device, "type", None) == "cuda":
-        import torch
-
-        torch.cuda.synchronize(device)
 
 
 class _TrialCallback(TrainerCallback):
@@ -387,7 +321,7 @@ def baseline_params(spec: StudySpec, family: Any) -> dict[str, Any]:
     """The family's literature configuration as parameter values of ``spec.space`` (conditions applied)."""
     from maml_tune.search.space import active_params
 
-    literature = flat_config(family.run_config({**spec.base_overrides(), **family.literature_config()}))
+    literature = family.run_config({**spec.base_overrides(), **family.literature_config()}).settings()
     if "algo.test_inner_steps" in spec.space and literature.get("algo.test_inner_steps") is None:
         literature["algo.test_inner_steps"] = literature["algo.inner_steps"]
     return active_params(spec.space, literature, literature)
@@ -399,7 +333,6 @@ __all__ = [
     "TrialObjective",
     "baseline_params",
     "checkpoint_dir",
-    "flat_config",
     "process_identity",
     "pruning_metric",
 ]

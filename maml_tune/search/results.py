@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from maml_tune.core.config import RunConfig
 from maml_tune.errors import ConfigError, StorageError, StudyError
 from maml_tune.search.storage import mask_url, normalize_url, open_storage, storage_url
 
@@ -193,22 +194,13 @@ def pick_trial(url: str | None, name: str | None, which: str | int = "best") -> 
     return study, found[0]
 
 
-def trial_overrides(url: str | None, name: str | None, which: str | int = "best") -> tuple[str, dict, dict]:
-    """``(family, family_options, dotted_overrides)`` that reproduce a trial's configuration."""
-    from maml_tune.core.config import RunConfig
-
+def trial_config(url: str | None, name: str | None, which: str | int = "best") -> RunConfig:
+    """The full configuration a trial ran (``which``: a trial number or ``best``)."""
     study, trial = pick_trial(url, name, which)
     data = trial.user_attrs.get("config")
     if not data:
         raise StudyError(f"trial {trial.number} of study {study.study_name!r} records no config")
-    config = RunConfig.from_dict(data)
-    plain = config.to_dict()
-    overrides: dict[str, Any] = {}
-    for section in ("arch", "algo", "train"):
-        for key, value in plain[section].items():
-            overrides[f"{section}.{key}"] = value
-    overrides["eval_seed"] = plain["eval_seed"]  # eval_tasks: the retrain evaluates on the default set
-    return config.family, dict(config.family_options), overrides
+    return RunConfig.from_dict(data)
 
 
 def flat_row(trial: dict[str, Any]) -> dict[str, Any]:

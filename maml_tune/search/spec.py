@@ -64,7 +64,7 @@ from typing import Any
 
 import tomllib
 
-from maml_tune.core.config import RunConfig, resolve_key
+from maml_tune.core.config import FAMILY_PREFIX, RunConfig, field_type, resolve_key
 from maml_tune.errors import ConfigError, MamlTuneError
 from maml_tune.search.catalog import METRICS, PRUNERS, SAMPLERS
 
@@ -259,11 +259,11 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     data["study"] = study
     sets = overrides.get("sets") or {}
     for key, value in sets.items():
-        if key.startswith("family."):
+        if key.startswith(FAMILY_PREFIX):
             fam = data.get("family")
             fam = {"name": fam} if isinstance(fam, str) else dict(fam or {})
             options = dict(fam.get("options") or {})
-            options[key.split(".", 1)[1]] = value
+            options[key.removeprefix(FAMILY_PREFIX)] = value
             fam["options"] = options
             data["family"] = fam
         elif key.startswith("budget."):
@@ -476,16 +476,6 @@ def _parse_budget(w: _Where, raw: Any) -> Budget:
     return Budget(**values)
 
 
-def _field_type(dotted: str) -> Any:
-    from maml_tune.core.config import _SECTIONS
-    from maml_tune.core.config import RunConfig as _RC
-
-    if "." in dotted:
-        section, name = dotted.split(".", 1)
-        return typing.get_type_hints(_SECTIONS[section])[name]
-    return typing.get_type_hints(_RC)[dotted]
-
-
 def _base_type(tp: Any) -> Any:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     return args[0] if args else tp
@@ -550,7 +540,7 @@ def _parse_param(w: _Where, path: str, dotted: str, spec: Any) -> dict[str, Any]
             f"{path}.{unknown[0]}",
             f"unknown key for a {kind} parameter (expected: {', '.join(sorted(PARAM_KEYS[kind]))})",
         )
-    field_type = _base_type(_field_type(dotted))
+    kind_type = _base_type(field_type(dotted))
     out: dict[str, Any] = {"type": kind}
     if kind == "categorical":
         choices = spec.get("choices")
@@ -565,17 +555,17 @@ def _parse_param(w: _Where, path: str, dotted: str, spec: Any) -> dict[str, Any]
                 raise w.error(
                     f"{path}.choices[{i}]", f"expected a string, number or boolean, got {_describe(choice)}"
                 )
-            _check_value(w, f"{path}.choices[{i}]", dotted, choice, field_type)
+            _check_value(w, f"{path}.choices[{i}]", dotted, choice, kind_type)
         if len({json.dumps(c) for c in choices}) != len(choices):
             raise w.error(f"{path}.choices", "expected distinct choices")
         out["choices"] = list(choices)
     else:
-        if field_type in (bool, str):
+        if kind_type in (bool, str):
             raise w.error(
                 f"{path}.type",
-                f"{dotted} is a {field_type.__name__} setting: expected a categorical parameter",
+                f"{dotted} is a {kind_type.__name__} setting: expected a categorical parameter",
             )
-        if kind == "float" and field_type is int:
+        if kind == "float" and kind_type is int:
             raise w.error(f"{path}.type", f'{dotted} is an integer setting: expected type = "int"')
         check = _is_int if kind == "int" else _is_number
         what = "an integer" if kind == "int" else "a number"
@@ -608,21 +598,21 @@ def _parse_param(w: _Where, path: str, dotted: str, spec: Any) -> dict[str, Any]
                 raise w.error(f"{path}.step", "an int parameter with log = true must have step = 1")
             out["step"] = step
         for bound in ("low", "high"):
-            _check_value(w, f"{path}.{bound}", dotted, spec[bound], field_type)
+            _check_value(w, f"{path}.{bound}", dotted, spec[bound], kind_type)
         out.update(low=low, high=high, log=log)
     if "when" in spec:
         out["when"] = _parse_when(w, f"{path}.when", spec["when"])
     return out
 
 
-def _check_value(w: _Where, path: str, dotted: str, value: Any, field_type: Any) -> None:
-    if field_type is bool and not isinstance(value, bool):
+def _check_value(w: _Where, path: str, dotted: str, value: Any, kind_type: Any) -> None:
+    if kind_type is bool and not isinstance(value, bool):
         raise w.error(path, f"{dotted} is a boolean setting: expected true or false, got {_describe(value)}")
-    if field_type is int and not _is_int(value):
+    if kind_type is int and not _is_int(value):
         raise w.error(path, f"{dotted} is an integer setting: expected an integer, got {_describe(value)}")
-    if field_type is float and not _is_number(value):
+    if kind_type is float and not _is_number(value):
         raise w.error(path, f"{dotted} is a number setting: expected a number, got {_describe(value)}")
-    if field_type is str and not isinstance(value, str):
+    if kind_type is str and not isinstance(value, str):
         raise w.error(path, f"{dotted} is a string setting: expected a string, got {_describe(value)}")
     try:
         RunConfig().override({dotted: value})

@@ -64,7 +64,8 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def _sqlite_path(url: str) -> Path | None:
+def sqlite_path(url: str) -> Path | None:
+    """The database file of an SQLite ``url``; None for other backends and in-memory SQLite."""
     if not url.startswith("sqlite:///"):
         return None
     raw = url[len("sqlite:///") :].split("?", 1)[0]
@@ -103,7 +104,7 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True, create: bool
     import optuna
 
     url = normalize_url(storage_url(url))
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is not None:
         if not create and not path.exists():
             raise StorageError(f"no study database at {mask_url(url)} (run maml-tune search first)")

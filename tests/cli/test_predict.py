@@ -173,7 +173,7 @@ def test_an_image_gets_the_same_prediction_whatever_else_is_in_the_query_folder(
 def test_evaluate_and_checkpoints_record_the_query_normalisation(glyphs):
     metadata = json.loads((glyphs / "checkpoint.json").read_text())
     assert metadata["config"]["algo"]["query_norm"] == "transductive"
-    assert metadata["metadata"]["test"]["query_norm"] == "transductive"
+    assert metadata["summary"]["test"]["query_norm"] == "transductive"
     results = {}
     for mode in (None, "support", "transductive"):
         options = [] if mode is None else ["--query-norm", mode]

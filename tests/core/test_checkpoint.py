@@ -6,7 +6,7 @@ import torch
 
 from maml_tune import load_learner
 from maml_tune.core.checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint
-from maml_tune.core.trainer import MetaTrainer
+from maml_tune.core.run import train_and_test
 from maml_tune.errors import CheckpointError
 from maml_tune.families.sinusoid import Sinusoid
 
@@ -18,14 +18,19 @@ def trained():
     family = Sinusoid()
     config = family.run_config({"train.iterations": 200, "train.val_interval": 100,
                                 "algo.algorithm": "lslr", "algo.inner_steps": 2})
-    return config, MetaTrainer(config, family, CPU).run().learner
+    config = config.override({"eval_tasks": 20})
+    run = train_and_test(config, family, CPU)
+    return config, run.learner, run.summary
 
 
-def test_round_trip_restores_weights_rates_and_config(trained, tmp_path):
-    config, learner = trained
-    save_checkpoint(tmp_path / "ckpt", learner, config, {"note": "x"})
+def test_round_trip_restores_weights_rates_config_and_summary(trained, tmp_path):
+    config, learner, summary = trained
+    save_checkpoint(tmp_path / "ckpt", learner, config, summary)
     loaded = load_checkpoint(tmp_path / "ckpt")
-    assert loaded.config == config and loaded.metadata == {"note": "x"}
+    assert loaded.config == config and loaded.summary == summary
+    assert loaded.summary.iterations == 200 and loaded.summary.test["tasks"] == 20
+    assert loaded.summary.metrics["test_loss"] == summary.test["loss_after"]
+    assert [v["iteration"] for v in loaded.summary.validation] == [100, 200]
     for (name, a), (_, b) in zip(learner.state_dict().items(), loaded.learner.state_dict().items()):
         assert torch.equal(a, b), name
     assert len(loaded.learner.lrs) == len(learner.lrs) > 0
@@ -33,7 +38,7 @@ def test_round_trip_restores_weights_rates_and_config(trained, tmp_path):
 
 
 def test_tampered_weights_are_refused(trained, tmp_path):
-    config, learner = trained
+    config, learner, _ = trained
     directory = save_checkpoint(tmp_path / "ckpt", learner, config)
     blob = bytearray((directory / WEIGHTS_FILE).read_bytes())
     blob[-1] ^= 0xFF
@@ -43,7 +48,7 @@ def test_tampered_weights_are_refused(trained, tmp_path):
 
 
 def test_pickled_payload_is_refused(trained, tmp_path):
-    config, learner = trained
+    config, learner, _ = trained
     directory = save_checkpoint(tmp_path / "ckpt", learner, config)
     payload = pickle.dumps({"state": learner.state_dict()})
     (directory / WEIGHTS_FILE).write_bytes(payload)
@@ -62,7 +67,7 @@ def test_missing_checkpoint_names_the_expected_files(tmp_path):
 
 
 def test_public_api_adapts_to_a_new_task(trained, tmp_path):
-    config, learner = trained
+    config, learner, _ = trained
     save_checkpoint(tmp_path / "ckpt", learner, config)
     api = load_learner(tmp_path / "ckpt")
     x = torch.linspace(-5, 5, 10).unsqueeze(1)
