@@ -54,7 +54,8 @@ def test_search_imports_without_typer_rich():
 
 
 # Who may import whom inside the package: a layer imports only layers below it (cli may also
-# use dashboard, which renders for it). Top-level modules (errors, __init__) are below everything.
+# use dashboard, which renders for it). Top-level modules (errors) are below everything; the
+# package's own __init__ is the public facade that re-exports from above.
 LAYERS = {"core": 0, "families": 1, "search": 2, "dashboard": 3, "cli": 4}
 
 
@@ -81,7 +82,7 @@ def test_internal_layering_points_one_way_without_private_cross_module_imports()
         module = ".".join(relative.parts).removesuffix(".__init__")
         package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
         for target, names in _imports(path):
-            if _layer(target) > _layer(module):
+            if module != "maml_tune" and _layer(target) > _layer(module):
                 problems.append(f"{module} imports {target} (a higher layer)")
             private = [n for n in names if n.startswith("_") and not n.startswith("__")]
             if private and target != package:
