@@ -71,4 +71,3 @@ def retry(
             attempt += 1
             if after_pause is not None:
                 after_pause(exc)
-

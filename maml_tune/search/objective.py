@@ -67,7 +67,6 @@ USER_ATTRS = {
 """User attributes every trial records (``reason`` only when pruned or failed)."""
 
 
-
 class TrialFailed(StudyError):
     """A trial cannot run (e.g. its sampled configuration is invalid); the study goes on."""
 
