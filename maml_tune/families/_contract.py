@@ -28,8 +28,14 @@ class NoOptions:
     """Options of a family that has none."""
 
 
-def option(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-           choices: tuple[Any, ...] | None = None) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+) -> Any:
     """A typed family option: ``n_way: int = option(5, "classes per task", min=2)``."""
     return dataclasses.field(
         default=default, metadata={"help": help, "min": min, "max": max, "choices": choices}
@@ -78,9 +84,7 @@ class TaskFamily(abc.ABC):
         """
 
     @abc.abstractmethod
-    def sample(
-        self, split: str, n_tasks: int, generator: torch.Generator, device: torch.device
-    ) -> TaskBatch:
+    def sample(self, split: str, n_tasks: int, generator: torch.Generator, device: torch.device) -> TaskBatch:
         """Sample ``n_tasks`` tasks of ``split`` (``"train"``, ``"val"`` or ``"test"``).
 
         Called every meta-iteration (``"train"``) and for validation / test sets. Must:
@@ -153,9 +157,7 @@ def parse_options(family: type[TaskFamily], values: Mapping[str, Any]) -> Any:
     unknown = sorted(set(values) - set(fields))
     if unknown:
         known = ", ".join(fields) or "none"
-        raise ConfigError(
-            f"family {family.name!r} has no option {unknown[0]!r} (options: {known})"
-        )
+        raise ConfigError(f"family {family.name!r} has no option {unknown[0]!r} (options: {known})")
     parsed = {}
     for name, raw in values.items():
         where = f"family {family.name!r} option {name!r}"

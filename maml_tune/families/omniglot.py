@@ -13,50 +13,46 @@ background 0) and handed to models as float32 in [0, 1] (stroke 1.0, background 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
-import json
 import math
-import os
-import tempfile
-import warnings
-import zipfile
-import zlib
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from maml_tune.core.tasks import SPLITS, TaskBatch
-from maml_tune.errors import ConfigError, DataError
+from maml_tune.errors import ConfigError
 from maml_tune.families._contract import ProgressCallback, TaskFamily, option
-
-BACKGROUND_ARCHIVES = (
-    "images_background",
-    "images_background_small1",
-    "images_background_small2",
+from maml_tune.families._omniglot_data import (
+    DATA_ENV,
+    ImageInput,
+    OmniglotData,
+    cache_key,
+    data_dirs,
+    decode_sources,
+    default_cache_dir,
+    find_sources,
+    input_to_uint8,
+    load_cache,
+    resolve_cache_dir,
+    save_cache,
+    to_float,
 )
-EVALUATION_ARCHIVES = ("images_evaluation",)
-DATA_URL = "https://github.com/brendenlake/omniglot"
-DATA_ENV = "MAML_TUNE_DATA"
+
+__all__ = [
+    "DATA_ENV",
+    "ImageInput",
+    "Omniglot",
+    "OmniglotData",
+    "OmniglotOptions",
+    "default_cache_dir",
+    "preprocess_images",
+]
 
 _ROTATIONS = 4
 _MIN_ALPHABETS_FOR_AUTO = 5
-_CACHE_FORMAT = 1
-_DECODE_CHUNK = 512
-_EXPECTED = (
-    "expected images_background.zip and images_evaluation.zip (or images_background_small1.zip"
-    " / images_background_small2.zip, or their extracted folders); download them from "
-    f"{DATA_URL} (python/ folder)"
-)
-
-ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -68,37 +64,15 @@ class OmniglotOptions:
     rotations: bool = option(
         True, "meta-train only: each character rotated by 0/90/180/270 degrees is its own class"
     )
-    split: str = option(
-        "auto", "unit of the train/val/test split", choices=("auto", "alphabet", "character")
-    )
-    val_fraction: float = option(
-        0.1, "share of split units held out for meta-val", min=0.01, max=0.4
-    )
+    split: str = option("auto", "unit of the train/val/test split", choices=("auto", "alphabet", "character"))
+    val_fraction: float = option(0.1, "share of split units held out for meta-val", min=0.01, max=0.4)
     test_fraction: float = option(
         0.2, "share of split units held out for meta-test (no evaluation set)", min=0.01, max=0.4
     )
-    data_dir: str | None = option(
-        None, "folder with the Omniglot archives (default: $MAML_TUNE_DATA)"
-    )
+    data_dir: str | None = option(None, "folder with the Omniglot archives (default: $MAML_TUNE_DATA)")
     cache_dir: str | None = option(
         None, "decoded-image cache (default: $XDG_CACHE_HOME/maml-tune or ~/.cache/maml-tune)"
     )
-
-
-@dataclass(frozen=True)
-class OmniglotData:
-    """The decoded data set, as :meth:`Omniglot.prepare` loads it and the cache stores it.
-
-    Images are grouped by character: character ``c`` owns
-    ``images[starts[c] : starts[c] + counts[c]]``. Characters are sorted by name.
-    """
-
-    images: torch.Tensor  # (n_images, size, size) uint8, stroke 255, background 0
-    starts: torch.Tensor  # (n_characters,) int64
-    counts: torch.Tensor  # (n_characters,) int64
-    characters: tuple[str, ...]  # "Alphabet/characterNN"
-    evaluation: tuple[bool, ...]  # per character: from images_evaluation
-    files: tuple[str, ...]  # per image: "Alphabet/characterNN/drawing.png"
 
 
 @dataclass(frozen=True)
@@ -110,16 +84,6 @@ class _DeviceData:
     counts: torch.Tensor
     rotations: torch.Tensor  # (4, H*W): source pixel of each output pixel, per quarter turn
     split_characters: dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class _Source:
-    """One archive or extracted folder, and its PNG members keyed by character."""
-
-    name: str
-    path: Path
-    members: dict[str, dict[str, str]]  # character -> drawing file name -> member / path
-    fingerprint: list[Any]
 
 
 class Omniglot(TaskFamily):
@@ -199,14 +163,14 @@ class Omniglot(TaskFamily):
         """
         if self._data is not None:
             return
-        sources = _find_sources(_data_dirs(self.options.data_dir))
+        sources = find_sources(data_dirs(self.options.data_dir))
         size = self.options.image_size
-        key = _cache_key(sources, size)
-        path = _cache_dir(self.options.cache_dir) / "omniglot" / f"omniglot-{size}px-{key}.npz"
-        data = _load_cache(path, key, size)
+        key = cache_key(sources, size)
+        path = resolve_cache_dir(self.options.cache_dir) / "omniglot" / f"omniglot-{size}px-{key}.npz"
+        data = load_cache(path, key, size)
         if data is None:
-            data = _decode(sources, size, progress)
-            _save_cache(path, key, data)
+            data = decode_sources(sources, size, progress)
+            save_cache(path, key, data)
         self._splits = _assign_splits(data, self.options)
         self._data = data
 
@@ -221,9 +185,7 @@ class Omniglot(TaskFamily):
         data = self.dataset()
         return tuple(data.characters[i] for i in self._split_indices(split))
 
-    def sample(
-        self, split: str, n_tasks: int, generator: torch.Generator, device: torch.device
-    ) -> TaskBatch:
+    def sample(self, split: str, n_tasks: int, generator: torch.Generator, device: torch.device) -> TaskBatch:
         """Sample ``n_tasks`` N-way tasks of ``split``; called every meta-iteration and for eval.
 
         One batched draw: N distinct classes per task by ranking uniform noise, then
@@ -286,9 +248,7 @@ class Omniglot(TaskFamily):
             raise ConfigError(f"omniglot: unknown split {split!r} (expected one of {SPLITS})")
         return self._splits[split]
 
-    def _gather(
-        self, state: _DeviceData, index: torch.Tensor, turns: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _gather(self, state: _DeviceData, index: torch.Tensor, turns: torch.Tensor | None) -> torch.Tensor:
         """Images ``index`` (T, N, M), each class turned ``turns`` (T, N) → (T, N*M, 1, H, W)."""
         n_tasks, n_way, per_class = index.shape
         size = self.options.image_size
@@ -298,7 +258,7 @@ class Omniglot(TaskFamily):
             # A rotation is a fixed permutation of the pixels: one gather rotates every class.
             pixels = state.rotations[turns].unsqueeze(2).expand(-1, -1, per_class, -1)
             x = x.gather(-1, pixels)
-        return _to_float(x).view(n_tasks, n_way * per_class, 1, size, size)
+        return to_float(x).view(n_tasks, n_way * per_class, 1, size, size)
 
     def _on_device(self, device: torch.device) -> _DeviceData:
         # One resident copy per device: moving the images every call would dominate sampling.
@@ -311,8 +271,7 @@ class Omniglot(TaskFamily):
                 counts=data.counts.to(device),
                 rotations=_rotation_pixels(self.options.image_size).to(device),
                 split_characters={
-                    split: torch.from_numpy(chars).to(device)
-                    for split, chars in self._splits.items()
+                    split: torch.from_numpy(chars).to(device) for split, chars in self._splits.items()
                 },
             )
         return self._devices[key]
@@ -326,282 +285,15 @@ def preprocess_images(images: Sequence[ImageInput], image_size: int) -> torch.Te
     inverted, divided by 255. Numpy arrays are uint8 (0-255), bool, or float (0-1),
     shaped ``(H, W)`` or ``(H, W, channels)``.
     """
-    arrays = [_input_to_uint8(item, image_size) for item in images]
+    arrays = [input_to_uint8(item, image_size) for item in images]
     if not arrays:
         return torch.zeros(0, 1, image_size, image_size)
-    return _to_float(torch.from_numpy(np.stack(arrays))).unsqueeze(1)
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/maml-tune`` if that is an absolute path, else ``~/.cache/maml-tune``."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "maml-tune"
-
-
-# --- image transform -------------------------------------------------------------------
-
-
-def _input_to_uint8(item: ImageInput, size: int) -> np.ndarray:
-    if isinstance(item, Image.Image):
-        return _to_uint8(item, size)
-    if isinstance(item, np.ndarray):
-        return _to_uint8(_array_image(item), size)
-    try:
-        with Image.open(item) as image:
-            return _to_uint8(image, size)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read image {item}: {exc}") from exc
-
-
-def _array_image(array: np.ndarray) -> Image.Image:
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if array.ndim not in (2, 3):
-        raise DataError(f"expected an (H, W) or (H, W, channels) image array, got {array.shape}")
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255
-    elif np.issubdtype(array.dtype, np.floating):
-        array = np.round(np.clip(array, 0.0, 1.0) * 255).astype(np.uint8)
-    elif array.dtype != np.uint8:
-        raise DataError(f"expected a uint8, bool or float image array, got dtype {array.dtype}")
-    return Image.fromarray(array)
-
-
-def _to_uint8(image: Image.Image, size: int) -> np.ndarray:
-    """The single image transform shared by the data set and :func:`preprocess_images`."""
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        # Transparent pixels would turn black in "L" and read as ink.
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-    grey = image.convert("L")
-    width, height = grey.size
-    if width != height:
-        square = Image.new("L", (max(width, height),) * 2, 255)
-        square.paste(grey, ((square.width - width) // 2, (square.height - height) // 2))
-        grey = square
-    grey = grey.resize((size, size), Image.Resampling.LANCZOS)
-    return 255 - np.asarray(grey, dtype=np.uint8)
-
-
-def _to_float(images: torch.Tensor) -> torch.Tensor:
-    return images.to(torch.float32).div_(255.0)
+    return to_float(torch.from_numpy(np.stack(arrays))).unsqueeze(1)
 
 
 def _rotation_pixels(size: int) -> torch.Tensor:
     grid = torch.arange(size * size).view(size, size)
     return torch.stack([grid.rot90(turns).reshape(-1) for turns in range(_ROTATIONS)])
-
-
-# --- locating and decoding the archives ------------------------------------------------
-
-
-def _data_dirs(data_dir: str | None) -> list[Path]:
-    raw = data_dir or os.environ.get(DATA_ENV)
-    if not raw:
-        raise DataError(
-            f"omniglot: no data folder; set the family option data_dir or ${DATA_ENV}; {_EXPECTED}"
-        )
-    root = Path(raw).expanduser()
-    # $MAML_TUNE_DATA may be a root shared by several families: accept <root>/omniglot too.
-    return [root, root / "omniglot"]
-
-
-def _find_sources(roots: list[Path]) -> list[_Source]:
-    """The archives of the first folder that has any; background ones first."""
-    for root in roots:
-        sources = []
-        for name in BACKGROUND_ARCHIVES + EVALUATION_ARCHIVES:
-            archive, folder = root / f"{name}.zip", root / name
-            # A zip is complete by construction; a folder may be half extracted.
-            if archive.is_file():
-                sources.append(_zip_source(name, archive))
-            elif folder.is_dir():
-                sources.append(_folder_source(name, folder))
-        if sources:
-            if not any(source.members for source in sources):
-                found = ", ".join(s.path.name for s in sources)
-                raise DataError(
-                    f"omniglot: {found} in {root} hold no <Alphabet>/<character>/*.png"
-                    f" drawings; {_EXPECTED}"
-                )
-            return sources
-    raise DataError(f"omniglot: no Omniglot data in {roots[0]}: {_EXPECTED}")
-
-
-def _zip_source(name: str, path: Path) -> _Source:
-    members: dict[str, dict[str, str]] = {}
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise DataError(
-            f"omniglot: cannot read {path} ({exc}); download it again from {DATA_URL} (python/)"
-        ) from exc
-    for member in names:
-        parts = member.split("/")
-        # Skip directory entries and the resource forks macOS adds to zips.
-        if len(parts) < 3 or parts[0] == "__MACOSX" or parts[-1].startswith("."):
-            continue
-        if parts[-1].lower().endswith(".png"):
-            members.setdefault(f"{parts[-3]}/{parts[-2]}", {})[parts[-1]] = member
-    stat = path.stat()
-    return _Source(name, path, members, [path.name, stat.st_size, stat.st_mtime_ns])
-
-
-def _folder_source(name: str, path: Path) -> _Source:
-    members: dict[str, dict[str, str]] = {}
-    fingerprint: list[Any] = [path.name]
-    for file in sorted(path.glob("*/*/*")):
-        if file.name.startswith(".") or file.suffix.lower() != ".png" or not file.is_file():
-            continue
-        character = f"{file.parent.parent.name}/{file.parent.name}"
-        members.setdefault(character, {})[file.name] = str(file)
-        stat = file.stat()
-        fingerprint += [f"{character}/{file.name}", stat.st_size, stat.st_mtime_ns]
-    return _Source(name, path, members, fingerprint)
-
-
-def _decode(sources: list[_Source], size: int, progress: ProgressCallback | None) -> OmniglotData:
-    # Sources overlap (small1 / small2 / full background share alphabets): each character
-    # is read from the first source that has it, so it is never counted twice.
-    owner: dict[str, int] = {}
-    for index, source in enumerate(sources):
-        for character in source.members:
-            owner.setdefault(character, index)
-    characters = sorted(owner)
-    plan = [
-        (character, file, owner[character], sources[owner[character]].members[character][file])
-        for character in characters
-        for file in sorted(sources[owner[character]].members[character])
-    ]
-    total = len(plan)
-    images = np.empty((total, size, size), dtype=np.uint8)
-
-    def fail(position: int, exc: Exception) -> DataError:
-        character, file, index, _ = plan[position]
-        return DataError(
-            f"omniglot: cannot decode {character}/{file} in {sources[index].path} ({exc});"
-            f" download it again from {DATA_URL} (python/)"
-        )
-
-    def decode(position: int, raw: bytes) -> None:
-        try:
-            with Image.open(io.BytesIO(raw)) as image:
-                images[position] = _to_uint8(image, size)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise fail(position, exc) from exc
-
-    # Reading stays on this thread (zip files are not shared across threads); PNG decoding
-    # and resizing release the GIL, so a thread pool divides the one-off decode time.
-    with contextlib.ExitStack() as stack:
-        pool = stack.enter_context(ThreadPoolExecutor(min(8, os.cpu_count() or 1)))
-        archives = {
-            index: stack.enter_context(zipfile.ZipFile(source.path))
-            for index, source in enumerate(sources)
-            if source.path.suffix == ".zip"
-        }
-        for start in range(0, total, _DECODE_CHUNK):
-            if progress is not None:
-                progress(start, total, "decoding Omniglot images")
-            positions = range(start, min(start + _DECODE_CHUNK, total))
-            raws = []
-            for position in positions:
-                _, _, index, member = plan[position]
-                try:
-                    if index in archives:
-                        raws.append(archives[index].read(member))
-                    else:
-                        raws.append(Path(member).read_bytes())
-                except (OSError, zipfile.BadZipFile, zlib.error) as exc:
-                    raise fail(position, exc) from exc
-            list(pool.map(decode, positions, raws))
-    if progress is not None:
-        progress(total, total, "decoding Omniglot images")
-    counts = torch.tensor([len(sources[owner[c]].members[c]) for c in characters])
-    evaluation = tuple(sources[owner[c]].name in EVALUATION_ARCHIVES for c in characters)
-    return _make_data(images, counts, characters, evaluation, [f"{c}/{f}" for c, f, *_ in plan])
-
-
-def _make_data(
-    images: np.ndarray,
-    counts: torch.Tensor,
-    characters: Sequence[str],
-    evaluation: Sequence[bool],
-    files: Sequence[str],
-) -> OmniglotData:
-    starts = torch.cumsum(counts, 0) - counts
-    return OmniglotData(
-        torch.from_numpy(images), starts, counts, tuple(characters), tuple(evaluation), tuple(files)
-    )
-
-
-# --- cache -----------------------------------------------------------------------------
-
-
-def _cache_dir(option_value: str | None) -> Path:
-    return Path(option_value).expanduser() if option_value else default_cache_dir()
-
-
-def _cache_key(sources: list[_Source], size: int) -> str:
-    fingerprint = [_CACHE_FORMAT, size, [source.fingerprint for source in sources]]
-    return hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()[:20]
-
-
-def _load_cache(path: Path, key: str, size: int) -> OmniglotData | None:
-    """The cached data, or None when absent, stale or unreadable (it is then rebuilt)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            images, counts = saved["images"], saved["counts"]
-            characters, evaluation = saved["characters"].tolist(), saved["evaluation"].tolist()
-            files, stored_key = saved["files"].tolist(), str(saved["key"])
-    except Exception:  # any damage to the file just means: rebuild it
-        return None
-    consistent = (
-        stored_key == key
-        and images.dtype == np.uint8
-        and images.shape == (int(counts.sum()), size, size)
-        and len(characters) == len(counts) == len(evaluation)
-        and len(files) == len(images)
-        and bool((counts > 0).all())
-    )
-    if not consistent:
-        return None
-    return _make_data(
-        images,
-        torch.from_numpy(counts.astype(np.int64)),
-        characters,
-        [bool(e) for e in evaluation],
-        files,
-    )
-
-
-def _save_cache(path: Path, key: str, data: OmniglotData) -> None:
-    # Written to a temporary file and renamed, so a crash or a concurrent run never
-    # leaves a half-written cache under the real name.
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".omniglot-", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                np.savez_compressed(
-                    file,
-                    images=data.images.numpy(),
-                    counts=data.counts.numpy(),
-                    characters=np.array(data.characters, dtype=str),
-                    evaluation=np.array(data.evaluation, dtype=bool),
-                    files=np.array(data.files, dtype=str),
-                    key=np.array(key),
-                )
-            os.replace(temporary, path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
-    except OSError as exc:
-        message = f"omniglot: could not write the cache {path} ({exc}); decoding again next run"
-        warnings.warn(message, stacklevel=3)
 
 
 # --- splits ----------------------------------------------------------------------------

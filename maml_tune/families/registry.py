@@ -153,11 +153,14 @@ class Registry:
     """
 
     def __init__(
-        self, plugins_dir: str | os.PathLike | None = None, allowed: set[str] | None = None,
-        *, use_env: bool = True,
+        self,
+        plugins_dir: str | os.PathLike | None = None,
+        allowed: set[str] | None = None,
+        *,
+        use_env: bool = True,
     ):
-        self.plugins_dir = plugins_dir_from_env(plugins_dir) if use_env else Path(
-            plugins_dir or DEFAULT_PLUGINS_DIR
+        self.plugins_dir = (
+            plugins_dir_from_env(plugins_dir) if use_env else Path(plugins_dir or DEFAULT_PLUGINS_DIR)
         )
         self.allowed = allowed_from_env() if (allowed is None and use_env) else allowed
         self._discovered: list[Plugin] | None = None
@@ -177,8 +180,13 @@ class Registry:
             eps = list(entry_points(group=ENTRY_POINT_GROUP))
         except Exception as exc:  # broken metadata of some installed distribution
             eps = []
-            found.append(Plugin("<entry points>", PluginSource("package", ENTRY_POINT_GROUP, "?", "?"),
-                                error=f"cannot read installed entry points: {type(exc).__name__}: {exc}"))
+            found.append(
+                Plugin(
+                    "<entry points>",
+                    PluginSource("package", ENTRY_POINT_GROUP, "?", "?"),
+                    error=f"cannot read installed entry points: {type(exc).__name__}: {exc}",
+                )
+            )
         packages: list[Plugin] = []
         for ep in eps:
             dist = ep.dist
@@ -256,8 +264,7 @@ class Registry:
         except Exception as exc:
             plugin = self.plugin(name)
             raise PluginError(
-                f"task family {name!r} ({plugin.source}) failed to initialise: "
-                f"{type(exc).__name__}: {exc}"
+                f"task family {name!r} ({plugin.source}) failed to initialise: {type(exc).__name__}: {exc}"
             ) from exc
 
     def configure(self, name: str, settings: Mapping[str, Any]) -> tuple[TaskFamily, RunConfig]:
@@ -286,16 +293,17 @@ def _file_loader(path: Path):
             sys.modules.pop(module_name, None)
             raise
         classes = [
-            obj for obj in vars(module).values()
-            if inspect.isclass(obj) and issubclass(obj, TaskFamily) and obj is not TaskFamily
+            obj
+            for obj in vars(module).values()
+            if inspect.isclass(obj)
+            and issubclass(obj, TaskFamily)
+            and obj is not TaskFamily
             and obj.__module__ == module_name
         ]
         named = [cls for cls in classes if getattr(cls, "name", None) == path.stem]
         if len(named) != 1:
             found = ", ".join(repr(getattr(c, "name", "?")) for c in classes) or "none"
-            raise PluginError(
-                f"expected one TaskFamily subclass with name = {path.stem!r}, found {found}"
-            )
+            raise PluginError(f"expected one TaskFamily subclass with name = {path.stem!r}, found {found}")
         return named[0]
 
     return load

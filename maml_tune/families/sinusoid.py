@@ -51,9 +51,7 @@ class Sinusoid(TaskFamily):
             "train.meta_lr": 1e-3,
         }
 
-    def sample(
-        self, split: str, n_tasks: int, generator: torch.Generator, device: torch.device
-    ) -> TaskBatch:
+    def sample(self, split: str, n_tasks: int, generator: torch.Generator, device: torch.device) -> TaskBatch:
         # Splits differ by the caller's generator streams (split_generator); the task
         # parameters are continuous, so no task is shared between splits.
         o = self.options

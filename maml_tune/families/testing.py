@@ -71,8 +71,7 @@ def check_shapes_and_dtypes(family: TaskFamily) -> None:
         where = f"split {split!r}"
         assert sx.dtype == qx.dtype == torch.float32, f"{where}: inputs must be float32, got {sx.dtype}"
         assert sx.shape[0] == qx.shape[0] == sy.shape[0] == qy.shape[0] == N_TASKS, (
-            f"{where}: asked for {N_TASKS} tasks, got leading dims "
-            f"{[t.shape[0] for t in batch.tensors()]}"
+            f"{where}: asked for {N_TASKS} tasks, got leading dims {[t.shape[0] for t in batch.tensors()]}"
         )
         assert tuple(sx.shape[2:]) == tuple(qx.shape[2:]) == family.input_shape, (
             f"{where}: inputs must be (tasks, examples, *{family.input_shape}), got "
@@ -141,8 +140,12 @@ def check_learns(family: TaskFamily) -> None:
     Conv nets are narrowed to :data:`LEARN_CONV_CHANNELS` channels so the check stays quick
     on a CPU: it tests that the family's tasks are learnable, not the architecture.
     """
-    overrides = {"train.iterations": LEARN_ITERATIONS, "train.meta_batch": LEARN_META_BATCH,
-                 "train.val_interval": LEARN_ITERATIONS, "train.val_tasks": LEARN_EVAL_TASKS}
+    overrides = {
+        "train.iterations": LEARN_ITERATIONS,
+        "train.meta_batch": LEARN_META_BATCH,
+        "train.val_interval": LEARN_ITERATIONS,
+        "train.val_tasks": LEARN_EVAL_TASKS,
+    }
     if family.run_config().arch.kind == "conv":
         overrides["arch.channels"] = min(family.run_config().arch.channels, LEARN_CONV_CHANNELS)
     config = family.run_config(overrides)
@@ -159,7 +162,8 @@ def check_learns(family: TaskFamily) -> None:
         f"({before.loss_after.mean:.4g} → {after.loss_after.mean:.4g})"
         + (
             f" nor raise the accuracy ({before.accuracy_after.mean:.3f} → {after.accuracy_after.mean:.3f})"
-            if family.kind == "classification" else ""
+            if family.kind == "classification"
+            else ""
         )
     )
 

@@ -250,7 +250,7 @@ def test_cache_is_reused_and_a_corrupt_cache_rebuilt(synthetic, tmp_path, monkey
         raise AssertionError("decoded again instead of reading the cache")
 
     with monkeypatch.context() as patch:
-        patch.setattr(omniglot, "_decode", no_decoding)
+        patch.setattr(omniglot, "decode_sources", no_decoding)
         cached = Omniglot(options)
         cached.prepare(progress=lambda *a: calls.append(a))
     assert len(calls) == decoded  # only the first prepare reported decoding progress
