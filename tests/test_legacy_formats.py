@@ -48,3 +48,18 @@ def test_old_study_database_reads_the_same(tmp_path):
     assert listing.exit_code == 0, listing.output
     (study,) = json.loads(listing.stdout)
     assert study["name"] == "legacy"
+
+
+def test_old_trials_read_into_the_typed_record_without_loss(tmp_path):
+    import optuna
+
+    from maml_tune.search.record import TrialAttrs
+
+    database = tmp_path / "study.db"
+    shutil.copy(LEGACY / "study.db", database)
+    trials = optuna.load_study(study_name="legacy", storage=f"sqlite:///{database}").trials
+    assert len(trials) == 3
+    for trial in trials:
+        record = TrialAttrs.of(trial)
+        assert record.to_user_attrs() == trial.user_attrs
+        assert record.config["train"]["iterations"] > 0 and "val_loss" in record.metrics

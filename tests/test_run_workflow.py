@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from maml_tune.cli.main import app
 from maml_tune.core.checkpoint import load_checkpoint
+from maml_tune.search.record import TrialAttrs
 from maml_tune.search.storage import open_storage
 
 SPEC = """
@@ -63,8 +64,15 @@ def runs(tmp_path_factory):
     assert searched.exit_code == 0, searched.output
     (trial,) = optuna.load_study(study_name="workflow", storage=open_storage(storage)).trials
     trained = invoke(
-        "train", "--from-study", "workflow", "--storage", storage, "--out", str(root / "train"),
-        "--device", "cpu",
+        "train",
+        "--from-study",
+        "workflow",
+        "--storage",
+        storage,
+        "--out",
+        str(root / "train"),
+        "--device",
+        "cpu",
     )
     assert trained.exit_code == 0, trained.output
     evaluated = invoke("evaluate", str(root / "train"), "--device", "cpu", "--json")
@@ -83,6 +91,13 @@ def test_a_search_trial_and_its_retrain_store_the_same_metrics(runs):
     assert (kept.study, kept.trial) == ("workflow", trial.number)
     assert retrained.validation == tuple(kept.validation)
     assert [v["iteration"] for v in trial.user_attrs["val_history"]] == [12, 24]
+
+
+def test_a_trial_stores_only_typed_record_fields(runs):
+    trial, _, _ = runs
+    record = TrialAttrs.of(trial)
+    assert record.to_user_attrs() == trial.user_attrs
+    assert (record.device, record.iterations_done, record.baseline) == ("cpu", 24, False)
 
 
 def test_evaluate_repeats_the_meta_test_of_training(runs):

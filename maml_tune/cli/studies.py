@@ -11,6 +11,7 @@ from rich.table import Table
 
 from maml_tune.cli._common import JsonOption, fmt, out, print_json
 from maml_tune.cli.search import StorageOption
+from maml_tune.search.record import TrialAttrs
 
 StudyArgument = Annotated[
     str | None,
@@ -176,8 +177,8 @@ def best_command(
         markup=True,
     )
     for trial in data["trials"]:
-        attrs = trial["user_attrs"]
-        metrics = attrs.get("metrics", {})
+        attrs = TrialAttrs.from_user_attrs(trial["user_attrs"])
+        metrics = attrs.metrics
         table = Table(
             title=f"trial {trial['number']}{' (baseline)' if trial['baseline'] else ''}: "
             f"{_values(trial['values'])}",
@@ -191,8 +192,8 @@ def best_command(
             if name in metrics:
                 table.add_row(name, fmt(metrics[name], metrics.get(f"{name}_ci95")))
         for key in ("n_params", "wall_seconds", "tasks_per_sec", "device", "checkpoint"):
-            if key in attrs:
-                value = attrs[key]
+            value = getattr(attrs, key)
+            if value is not None:
                 table.add_row(key, fmt(value) if isinstance(value, float) else str(value))
         out.print(table)
     if data["trials"] and "config" in data["trials"][0]["user_attrs"]:

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from maml_tune.search.record import TrialAttrs
 from maml_tune.search.results import STUDY_ATTR
 
 UNFINISHED = ("RUNNING", "WAITING")
@@ -51,10 +52,13 @@ class TrialRecord:
         end = self.complete or (None if self.finished else (now or utcnow()))
         return (end - self.start).total_seconds() if end else None
 
+    @property
+    def attrs(self) -> TrialAttrs:
+        """The typed user attributes (all defaults until :meth:`StudySource.details` loaded them)."""
+        return TrialAttrs.from_user_attrs(self.user_attrs, self.system_attrs)
+
     def reason(self) -> str | None:
-        attrs = self.user_attrs or {}
-        system = self.system_attrs or {}
-        return attrs.get("reason") or system.get("fail_reason")
+        return self.attrs.reason
 
 
 @dataclass

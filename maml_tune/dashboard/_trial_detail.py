@@ -15,6 +15,7 @@ from maml_tune.dashboard._format import STATE_STYLE, duration, local, num, with_
 from maml_tune.dashboard.charts import Chart, Series
 from maml_tune.dashboard.source import TrialRecord, finite
 from maml_tune.dashboard.state import curve
+from maml_tune.search.record import TrialAttrs
 
 
 def trial_data(record: TrialRecord, info: Any) -> dict[str, Any]:
@@ -33,10 +34,10 @@ def trial_data(record: TrialRecord, info: Any) -> dict[str, Any]:
         "datetime_complete": local(record.complete) if record.complete else None,
         "duration_seconds": record.duration(),
         "reason": record.reason(),
-        "checkpoint": attrs.get("checkpoint"),
+        "checkpoint": record.attrs.checkpoint,
         "intermediate_values": {str(k): v for k, v in (record.intermediate or {}).items()},
-        "metrics": attrs.get("metrics"),
-        "config": attrs.get("config"),
+        "metrics": record.attrs.metrics or None,
+        "config": record.attrs.config,
         "user_attrs": json.loads(json.dumps(attrs, default=str)),
         "system_attrs": json.loads(json.dumps(record.system_attrs or {}, default=str)),
     }
@@ -56,7 +57,7 @@ def trial_detail(data: dict[str, Any], width: int) -> RenderableType:
     summary.add_row("started", data["datetime_start"] or "-")
     summary.add_row("completed", data["datetime_complete"] or "-")
     summary.add_row("duration", duration(data["duration_seconds"]))
-    attrs = data["user_attrs"]
+    attrs = TrialAttrs.from_user_attrs(data["user_attrs"])
     for key in (
         "n_params",
         "n_adapted_params",
@@ -68,9 +69,9 @@ def trial_detail(data: dict[str, Any], width: int) -> RenderableType:
         "worker",
         "version",
     ):
-        if key in attrs:
-            summary.add_row(key.replace("_", " "), num(attrs[key]))
-    if attrs.get("baseline"):
+        if getattr(attrs, key) is not None:
+            summary.add_row(key.replace("_", " "), num(getattr(attrs, key)))
+    if attrs.baseline:
         summary.add_row("baseline", "literature configuration")
     summary.add_row("checkpoint", data["checkpoint"] or "-")
     if data["reason"]:
@@ -97,7 +98,7 @@ def trial_detail(data: dict[str, Any], width: int) -> RenderableType:
         parts.append(Panel(table, title="metrics", title_align="left"))
     steps = [(int(k), v) for k, v in data["intermediate_values"].items()]
     if not steps:  # multi-objective studies report nothing; the validation history has it
-        fake = TrialRecord(0, 0, "COMPLETE", user_attrs=attrs)
+        fake = TrialRecord(0, 0, "COMPLETE", user_attrs=data["user_attrs"])
         steps = curve(fake, data["objectives"][0] if data["objectives"] else None)
     if steps:
         chart = Chart(

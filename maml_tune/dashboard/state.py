@@ -98,7 +98,7 @@ def pareto_front(points: list[tuple[tuple[float, ...], Any]], directions: list[s
 
 def key_params(record: TrialRecord) -> dict[str, str]:
     """The MAML hyperparameters worth a column, from the recorded config (else the sampled params)."""
-    config = (record.user_attrs or {}).get("config") or {}
+    config = record.attrs.config or {}
     out: dict[str, str] = {}
     for label, section, key in KEY_PARAMS:
         part = config.get(section) or {}
@@ -130,7 +130,7 @@ def key_params(record: TrialRecord) -> dict[str, str]:
 
 
 def ci95(record: TrialRecord | None, metric: str) -> float | None:
-    metrics = ((record.user_attrs or {}).get("metrics") or {}) if record else {}
+    metrics = record.attrs.metrics if record else {}
     value = metrics.get(f"{metric}_ci95")
     return float(value) if finite(value) else None
 
@@ -139,7 +139,7 @@ def curve(record: TrialRecord, metric: str | None) -> list[tuple[int, float]]:
     """Meta-validation values by step: intermediate values, else the ``val_history`` attribute."""
     if record.intermediate:
         return [(s, v) for s, v in record.intermediate.items() if finite(v)]
-    history = (record.user_attrs or {}).get("val_history") or []
+    history = record.attrs.val_history
     key = "accuracy_after" if metric and metric.endswith("accuracy") else "loss_after"
     return [
         (int(row["iteration"]), float(row[key]))

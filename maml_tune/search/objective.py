@@ -4,7 +4,7 @@ Each trial samples its parameters (:mod:`maml_tune.search.space`), builds the ru
 (family defaults ← fixed settings ← budget ← sampled parameters), meta-trains, reports
 the meta-validation metric at every validation interval (single-objective studies, so
 pruners can stop it early), evaluates on ``eval_tasks`` held-out test tasks and records
-the user attributes listed in :data:`USER_ATTRS`.
+the user attributes of :class:`~maml_tune.search.record.TrialAttrs`.
 
 Objective values (see :data:`maml_tune.search.spec.METRICS`): regression studies default to
 ``val_loss`` (post-adaptation meta-validation loss, minimised); classification studies
@@ -36,35 +36,11 @@ from maml_tune import __version__
 from maml_tune.core.config import RunConfig
 from maml_tune.core.trainer import TrainerCallback
 from maml_tune.errors import ConfigError, DivergenceError, StudyError
-from maml_tune.search import interrupt
+from maml_tune.search import backoff, interrupt
 from maml_tune.search.events import EventSink, IterationDone, TrialStarted, Validated
+from maml_tune.search.record import write
 from maml_tune.search.space import suggest
 from maml_tune.search.spec import StudySpec
-
-USER_ATTRS = {
-    "config": "the full resolved RunConfig (dict, RunConfig.from_dict inverts it)",
-    "metrics": "val_/test_ loss, accuracy (classification) with _ci95 95% half-widths, "
-    "loss_before values, _query_norm (how query sets were normalised), adaptation_cost, adaptation_time",
-    "val_history": "[{iteration, loss_after, loss_after_ci95, accuracy_after?, …}] at every validation",
-    "n_params": "meta-parameter count (network plus learned inner rates)",
-    "n_adapted_params": "parameters changed by the inner loop",
-    "wall_seconds": "trial wall time (training + validation + test evaluation)",
-    "train_seconds": "time spent in meta-training steps",
-    "tasks_per_sec": "meta-training throughput",
-    "peak_gpu_mb": "peak CUDA memory allocated during meta-training and validation, MiB "
-    "(only on a CUDA device)",
-    "iterations_done": "meta-iterations completed (less than the budget when pruned)",
-    "device": "torch device the trial ran on",
-    "version": "maml-tune version",
-    "worker": "index of the worker process on its host",
-    "process": "{host, pid, pid_ns} of the worker process (a RUNNING trial whose process is gone "
-    "is failed and retried by the next search)",
-    "checkpoint": "checkpoint directory (kept only while the trial is in the study's top-k)",
-    "baseline": "true for the enqueued literature configuration",
-    "reason": "why a trial was pruned or failed (divergence, pruner, invalid config, out of memory, "
-    "interrupt, error)",
-}
-"""User attributes every trial records (``reason`` only when pruned or failed)."""
 
 
 class TrialFailed(StudyError):
@@ -121,10 +97,13 @@ class TrialObjective:
         started = time.perf_counter()
         self.trial_id = trial._trial_id
         try:
-            trial.set_user_attr("process", process_identity())
-            trial.set_user_attr("version", __version__)
-            trial.set_user_attr("device", str(self.device))
-            trial.set_user_attr("worker", self.worker)
+            write(
+                trial.set_user_attr,
+                process=process_identity(),
+                version=__version__,
+                device=str(self.device),
+                worker=self.worker,
+            )
             params = suggest(trial, self.spec.space, self.base)
         except Exception as exc:  # e.g. the study database connection was lost
             _try_set_reason(trial, _error_reason(exc))
@@ -134,10 +113,10 @@ class TrialObjective:
             config = self.family.run_config({**self.base_overrides, **params})
         except ConfigError as exc:
             reason = f"invalid configuration: {exc}"
-            trial.set_user_attr("reason", reason)
+            write(trial.set_user_attr, reason=reason)
             raise TrialFailed(reason) from None
         try:
-            trial.set_user_attr("config", config.to_dict())
+            write(trial.set_user_attr, config=config.to_dict())
         except Exception as exc:  # e.g. the study database connection was lost
             _try_set_reason(trial, _error_reason(exc))
             raise
@@ -146,28 +125,28 @@ class TrialObjective:
         try:
             return self._run(trial, config, callback, started)
         except KeyboardInterrupt:
-            trial.set_user_attr("reason", interrupt.REASON)
+            write(trial.set_user_attr, reason=interrupt.REASON)
             raise
         except DivergenceError as exc:
             reason = f"diverged: {exc}"
-            trial.set_user_attr("reason", reason)
+            write(trial.set_user_attr, reason=reason)
             raise optuna.TrialPruned(reason) from None
         except optuna.TrialPruned as exc:
-            trial.set_user_attr("reason", str(exc))
+            write(trial.set_user_attr, reason=str(exc))
             raise
         except TrialFailed as exc:
-            trial.set_user_attr("reason", str(exc))
+            write(trial.set_user_attr, reason=str(exc))
             raise
         except _out_of_memory_errors() as exc:
             out_of_memory = f"out of memory on {self.device}: {_first_line(exc)}"
-            trial.set_user_attr("reason", out_of_memory)
+            write(trial.set_user_attr, reason=out_of_memory)
         except Exception as exc:
             _try_set_reason(trial, _error_reason(exc))
             raise
         finally:
-            _try_set(trial, "wall_seconds", time.perf_counter() - started)
-            _try_set(trial, "iterations_done", callback.iteration)
-            _try_set(trial, "val_history", callback.history)
+            _try_set(trial, wall_seconds=time.perf_counter() - started)
+            _try_set(trial, iterations_done=callback.iteration)
+            _try_set(trial, val_history=callback.history)
         # Outside the except block, so the error's frames (holding tensors) are already gone.
         _free_memory(self.device)
         raise TrialFailed(out_of_memory)
@@ -182,13 +161,16 @@ class TrialObjective:
         if not math.isfinite(run.test.loss_after.mean):
             raise DivergenceError(f"test loss became {run.test.loss_after.mean}", summary.iterations)
         metrics = dict(summary.metrics)
-        trial.set_user_attr("metrics", metrics)
-        trial.set_user_attr("n_params", summary.n_params)
-        trial.set_user_attr("n_adapted_params", summary.n_adapted_params)
-        trial.set_user_attr("train_seconds", summary.train_seconds)
-        trial.set_user_attr("tasks_per_sec", summary.tasks_per_sec)
+        write(
+            trial.set_user_attr,
+            metrics=metrics,
+            n_params=summary.n_params,
+            n_adapted_params=summary.n_adapted_params,
+            train_seconds=summary.train_seconds,
+            tasks_per_sec=summary.tasks_per_sec,
+        )
         if run.training.peak_gpu_mb is not None:
-            trial.set_user_attr("peak_gpu_mb", run.training.peak_gpu_mb)
+            write(trial.set_user_attr, peak_gpu_mb=run.training.peak_gpu_mb)
         values = []
         for metric in self.spec.objective.metrics:
             if metric not in metrics:
@@ -198,7 +180,7 @@ class TrialObjective:
             target = checkpoint_dir(self.checkpoint_root, self.study_name, trial.number)
             origin = dataclasses.replace(summary, study=self.study_name, trial=trial.number)
             save_checkpoint(target, run.learner, config, origin)
-            trial.set_user_attr("checkpoint", str(target.resolve()))
+            write(trial.set_user_attr, checkpoint=str(target.resolve()))
         return values[0] if len(values) == 1 else tuple(values)
 
 
@@ -224,19 +206,21 @@ def _error_reason(exc: BaseException) -> str:
 
 
 def _try_set_reason(trial: Any, reason: str) -> None:
-    _try_set(trial, "reason", reason)
+    _try_set(trial, reason=reason)
 
 
-def _try_set(trial: Any, key: str, value: Any) -> None:
-    """Record a user attribute, retrying a lost database briefly; a bookkeeping write that
+def _try_set(trial: Any, **values: Any) -> None:
+    """Record user attributes, retrying a lost database briefly; a bookkeeping write that
     still fails must not turn the trial's outcome into an error."""
-    for pause in (0.2, 0.5, 1.0, None):
-        try:
-            trial.set_user_attr(key, value)
-            return
-        except Exception:
-            if pause is not None:
-                time.sleep(pause)
+    try:
+        backoff.retry(
+            lambda: write(trial.set_user_attr, **values),
+            retries=3,
+            first_pause=0.2,
+            retry_if=lambda exc: True,
+        )
+    except Exception:
+        pass
 
 
 def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
@@ -327,7 +311,6 @@ def baseline_params(spec: StudySpec, family: Any) -> dict[str, Any]:
 
 
 __all__ = [
-    "USER_ATTRS",
     "TrialFailed",
     "TrialObjective",
     "baseline_params",

@@ -6,6 +6,7 @@ other two run in a worker, right after an interrupt or a storage error stopped i
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -15,6 +16,7 @@ from optuna.trial import TrialState
 
 from maml_tune.search import backoff, interrupt, results
 from maml_tune.search.objective import process_identity
+from maml_tune.search.record import TrialAttrs, write
 from maml_tune.search.storage import retry_callback
 
 
@@ -49,7 +51,7 @@ def recover_orphans(study: Any) -> list[int]:
         stale = set(storage._get_stale_trial_ids(study._study_id))
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        identity = trial.user_attrs.get("process")
+        identity = TrialAttrs.of(trial).process
         if trial._trial_id in stale:
             reason = "its worker stopped sending heartbeats (killed or lost)"
         elif not _process_alive(identity):
@@ -57,7 +59,7 @@ def recover_orphans(study: Any) -> list[int]:
         else:
             continue
         try:
-            storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+            write(functools.partial(storage.set_trial_user_attr, trial._trial_id), reason=reason)
             if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 failed.append(trial._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -76,7 +78,7 @@ def recover_orphans(study: Any) -> list[int]:
     for trial in trials:
         if (
             trial.state == TrialState.FAIL
-            and trial.user_attrs.get("reason") == interrupt.REASON
+            and TrialAttrs.of(trial).reason == interrupt.REASON
             and trial.number not in retried
         ):
             retry_callback(max_retry=None)(study, storage.get_trial(trial._trial_id))
@@ -90,7 +92,7 @@ def requeue_interrupted(study: Any, trial_id: int | None) -> None:
         return
     try:
         frozen = study._storage.get_trial(trial_id)
-        if frozen.state.name != "FAIL" or frozen.user_attrs.get("reason") != interrupt.REASON:
+        if frozen.state.name != "FAIL" or TrialAttrs.of(frozen).reason != interrupt.REASON:
             return
         if any(frozen.number in t.system_attrs.get("retry_history", []) for t in study.get_trials()):
             return
@@ -108,7 +110,7 @@ def close_lost_trial(study: Any, trial_id: int | None, reason: str) -> None:
     def close() -> None:
         try:
             if storage.get_trial(trial_id).state == TrialState.RUNNING:
-                storage.set_trial_user_attr(trial_id, "reason", reason)
+                write(functools.partial(storage.set_trial_user_attr, trial_id), reason=reason)
                 storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # closed meanwhile

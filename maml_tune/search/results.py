@@ -17,6 +17,7 @@ from typing import Any
 
 from maml_tune.core.config import RunConfig
 from maml_tune.errors import ConfigError, StorageError, StudyError
+from maml_tune.search.record import TrialAttrs
 from maml_tune.search.storage import mask_url, normalize_url, open_storage, storage_url
 
 STUDY_ATTR = "maml_tune"
@@ -102,8 +103,8 @@ def trial_dict(trial: Any, *, full: bool = True) -> dict[str, Any]:
         "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
         "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
         "duration_seconds": trial.duration.total_seconds() if trial.duration else None,
-        "reason": trial.user_attrs.get("reason") or trial.system_attrs.get("fail_reason"),
-        "baseline": bool(trial.user_attrs.get("baseline", False)),
+        "reason": TrialAttrs.of(trial).reason,
+        "baseline": TrialAttrs.of(trial).baseline,
     }
     if full:
         out["user_attrs"] = json.loads(json.dumps(dict(trial.user_attrs), default=str))
@@ -129,7 +130,7 @@ def summary(study: Any) -> dict[str, Any]:
     attrs = study.user_attrs.get(STUDY_ATTR, {}) or {}
     spec = attrs.get("spec", {})
     best = best_trials(study)
-    baseline = next((t for t in trials if t.user_attrs.get("baseline")), None)
+    baseline = next((t for t in trials if TrialAttrs.of(t).baseline), None)
     starts = [t.datetime_start for t in trials if t.datetime_start]
     return {
         "name": study.study_name,
@@ -197,7 +198,7 @@ def pick_trial(url: str | None, name: str | None, which: str | int = "best") -> 
 def trial_config(url: str | None, name: str | None, which: str | int = "best") -> RunConfig:
     """The full configuration a trial ran (``which``: a trial number or ``best``)."""
     study, trial = pick_trial(url, name, which)
-    data = trial.user_attrs.get("config")
+    data = TrialAttrs.of(trial).config
     if not data:
         raise StudyError(f"trial {trial.number} of study {study.study_name!r} records no config")
     return RunConfig.from_dict(data)
@@ -221,14 +222,14 @@ def flat_row(trial: dict[str, Any]) -> dict[str, Any]:
         row[f"value_{i}"] = value
     for key, value in trial["params"].items():
         row[f"params.{key}"] = value
-    attrs = trial.get("user_attrs", {})
-    for key, value in (attrs.get("metrics") or {}).items():
+    attrs = TrialAttrs.from_user_attrs(trial.get("user_attrs"))
+    for key, value in attrs.metrics.items():
         row[f"metrics.{key}"] = value
     for key in ("n_params", "wall_seconds", "tasks_per_sec", "device", "version", "checkpoint"):
-        if key in attrs:
-            row[key] = attrs[key]
-    if "config" in attrs:
-        row["config"] = json.dumps(attrs["config"], sort_keys=True)
+        if getattr(attrs, key) is not None:
+            row[key] = getattr(attrs, key)
+    if attrs.config is not None:
+        row["config"] = json.dumps(attrs.config, sort_keys=True)
     return row
 
 

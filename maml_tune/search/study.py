@@ -18,6 +18,7 @@ from maml_tune import __version__
 from maml_tune.errors import StudyError
 from maml_tune.search import results
 from maml_tune.search.objective import baseline_params
+from maml_tune.search.record import TrialAttrs
 from maml_tune.search.spec import StudySpec
 from maml_tune.search.storage import STUDY_ENV, mask_url
 
@@ -83,10 +84,12 @@ def create_or_resume(spec: StudySpec, storage: Any, study_name: str, *, sampler=
 
 def enqueue_baseline(study: Any, spec: StudySpec, family: Any) -> dict[str, Any] | None:
     """Enqueue the family's literature configuration once (``baseline`` user attribute)."""
-    if any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):
+    if any(TrialAttrs.of(t).baseline for t in study.get_trials(deepcopy=False)):
         return None
     params = baseline_params(spec, family)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # enqueue_trial is experimental
-        study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=False)
+        study.enqueue_trial(
+            params, user_attrs=TrialAttrs(baseline=True).to_user_attrs(), skip_if_exists=False
+        )
     return params

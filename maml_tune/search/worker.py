@@ -24,6 +24,7 @@ from maml_tune.search import backoff, interrupt, results
 from maml_tune.search.checkpoints import CheckpointKeeper
 from maml_tune.search.events import EventSink, StorageFailed, TrialEnded
 from maml_tune.search.objective import TrialObjective
+from maml_tune.search.record import TrialAttrs
 from maml_tune.search.recovery import close_lost_trial, requeue_interrupted
 from maml_tune.search.spec import StudySpec
 from maml_tune.search.storage import make_pruner, make_sampler, mask_url, open_storage
@@ -62,8 +63,8 @@ def _trial_end_event(worker: int, sink: EventSink) -> Callable[[Any, Any], None]
                 trial=trial.number,
                 state=trial.state.name,
                 values=list(trial.values) if trial.values is not None else None,
-                reason=trial.user_attrs.get("reason") or trial.system_attrs.get("fail_reason"),
-                baseline=bool(trial.user_attrs.get("baseline")),
+                reason=TrialAttrs.of(trial).reason,
+                baseline=TrialAttrs.of(trial).baseline,
             )
         )
 

@@ -31,7 +31,7 @@ def _top_cells(record: TrialRecord) -> dict[str, Any]:
     test_steps = params.get("test steps") or steps
     if steps != "-":
         steps = f"{steps}/{test_steps}"
-    raw = record.user_attrs.get("config", {}) if record.user_attrs else {}
+    raw = record.attrs.config or {}
     algo_cfg, train_cfg = raw.get("algo", {}), raw.get("train", {})
     return {
         "algo": algo,
