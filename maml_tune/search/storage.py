@@ -213,37 +213,37 @@ def make_sampler(name: str, seed: int | None, options: dict[str, Any] | None = N
     """A sampler instance; each worker gets its own seed (``seed + worker``) ."""
     import importlib.util
 
-    import optuna
-
     package = SAMPLERS[name].needs if name in SAMPLERS else None
     if package is not None and importlib.util.find_spec(package) is None:
         raise ConfigError(f"sampler {name!r} needs the {package} package: pip install {package}")
-    cls = optuna_class("sampler", name)
     kwargs = dict(options or {})
     if seed is not None:
         kwargs["seed"] = seed + worker
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return cls(**kwargs)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"sampler {name!r}: invalid options: {exc}") from None
+    return _instantiate("sampler", name, kwargs)
 
 
 def make_pruner(name: str, options: dict[str, Any] | None, iterations: int, val_interval: int):
     """A pruner instance; Hyperband/SHA resources are in meta-iterations unless the spec says otherwise."""
-    cls = optuna_class("pruner", name)
     kwargs = dict(options or {})
     if name == "hyperband":
         kwargs.setdefault("min_resource", val_interval)
         kwargs.setdefault("max_resource", max(iterations, val_interval))
     elif name == "sha":
         kwargs.setdefault("min_resource", val_interval)
+    return _instantiate("pruner", name, kwargs)
+
+
+def _instantiate(kind: str, name: str, kwargs: dict[str, Any]):
+    """``kind`` ``name`` built with ``kwargs``; bad options are a :class:`ConfigError`.
+
+    Experimental samplers and pruners are asked for by name in a spec, so Optuna's
+    warning that they are experimental says nothing the user does not know."""
     import optuna
 
+    cls = optuna_class(kind, name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
             return cls(**kwargs)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"pruner {name!r}: invalid options: {exc}") from None
+            raise ConfigError(f"{kind} {name!r}: invalid options: {exc}") from None
