@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
-import tempfile
-import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from maml_tune.errors import DataError
 from maml_tune.families._contract import ProgressCallback
+from maml_tune.families._images import decode_all, load_arrays, opaque, save_arrays
 
 BACKGROUND_ARCHIVES = (
     "images_background",
@@ -37,7 +34,6 @@ EVALUATION_ARCHIVES = ("images_evaluation",)
 DATA_URL = "https://github.com/brendenlake/omniglot"
 DATA_ENV = "MAML_TUNE_DATA"
 _CACHE_FORMAT = 1
-_DECODE_CHUNK = 512
 _EXPECTED = (
     "expected images_background.zip and images_evaluation.zip (or images_background_small1.zip"
     " / images_background_small2.zip, or their extracted folders); download them from "
@@ -73,13 +69,6 @@ class Source:
     fingerprint: list[Any]
 
 
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/maml-tune`` if that is an absolute path, else ``~/.cache/maml-tune``."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "maml-tune"
-
-
 # --- image transform -------------------------------------------------------------------
 
 
@@ -111,11 +100,7 @@ def _array_image(array: np.ndarray) -> Image.Image:
 
 def _to_uint8(image: Image.Image, size: int) -> np.ndarray:
     """The single image transform shared by the data set and :func:`preprocess_images`."""
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        # Transparent pixels would turn black in "L" and read as ink.
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-    grey = image.convert("L")
+    grey = opaque(image).convert("L")
     width, height = grey.size
     if width != height:
         square = Image.new("L", (max(width, height),) * 2, 255)
@@ -210,8 +195,6 @@ def decode_sources(sources: list[Source], size: int, progress: ProgressCallback 
         for character in characters
         for file in sorted(sources[owner[character]].members[character])
     ]
-    total = len(plan)
-    images = np.empty((total, size, size), dtype=np.uint8)
 
     def fail(position: int, exc: Exception) -> DataError:
         character, file, index, _ = plan[position]
@@ -220,39 +203,24 @@ def decode_sources(sources: list[Source], size: int, progress: ProgressCallback 
             f" download it again from {DATA_URL} (python/)"
         )
 
-    def decode(position: int, raw: bytes) -> None:
-        try:
-            with Image.open(io.BytesIO(raw)) as image:
-                images[position] = _to_uint8(image, size)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise fail(position, exc) from exc
-
-    # Reading stays on this thread (zip files are not shared across threads); PNG decoding
-    # and resizing release the GIL, so a thread pool divides the one-off decode time.
     with contextlib.ExitStack() as stack:
-        pool = stack.enter_context(ThreadPoolExecutor(min(8, os.cpu_count() or 1)))
         archives = {
             index: stack.enter_context(zipfile.ZipFile(source.path))
             for index, source in enumerate(sources)
             if source.path.suffix == ".zip"
         }
-        for start in range(0, total, _DECODE_CHUNK):
-            if progress is not None:
-                progress(start, total, "decoding Omniglot images")
-            positions = range(start, min(start + _DECODE_CHUNK, total))
-            raws = []
-            for position in positions:
-                _, _, index, member = plan[position]
-                try:
-                    if index in archives:
-                        raws.append(archives[index].read(member))
-                    else:
-                        raws.append(Path(member).read_bytes())
-                except (OSError, zipfile.BadZipFile, zlib.error) as exc:
-                    raise fail(position, exc) from exc
-            list(pool.map(decode, positions, raws))
-    if progress is not None:
-        progress(total, total, "decoding Omniglot images")
+
+        def read(position: int) -> bytes:
+            _, _, index, member = plan[position]
+            try:
+                return archives[index].read(member) if index in archives else Path(member).read_bytes()
+            except (OSError, zipfile.BadZipFile, zlib.error) as exc:
+                raise fail(position, exc) from exc
+
+        images = decode_all(
+            len(plan), (size, size), read, lambda image: _to_uint8(image, size), fail, progress,
+            "decoding Omniglot images",
+        )
     counts = torch.tensor([len(sources[owner[c]].members[c]) for c in characters])
     evaluation = tuple(sources[owner[c]].name in EVALUATION_ARCHIVES for c in characters)
     return _make_data(images, counts, characters, evaluation, [f"{c}/{f}" for c, f, *_ in plan])
@@ -274,26 +242,22 @@ def _make_data(
 # --- cache -----------------------------------------------------------------------------
 
 
-def resolve_cache_dir(option_value: str | None) -> Path:
-    return Path(option_value).expanduser() if option_value else default_cache_dir()
-
-
 def cache_key(sources: list[Source], size: int) -> str:
     fingerprint = [_CACHE_FORMAT, size, [source.fingerprint for source in sources]]
     return hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()[:20]
 
 
+_CACHE_ARRAYS = ("images", "counts", "characters", "evaluation", "files", "key")
+
+
 def load_cache(path: Path, key: str, size: int) -> OmniglotData | None:
     """The cached data, or None when absent, stale or unreadable (it is then rebuilt)."""
-    if not path.is_file():
+    saved = load_arrays(path, _CACHE_ARRAYS)
+    if saved is None:
         return None
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            images, counts = saved["images"], saved["counts"]
-            characters, evaluation = saved["characters"].tolist(), saved["evaluation"].tolist()
-            files, stored_key = saved["files"].tolist(), str(saved["key"])
-    except Exception:  # any damage to the file just means: rebuild it
-        return None
+    images, counts = saved["images"], saved["counts"]
+    characters, evaluation = saved["characters"].tolist(), saved["evaluation"].tolist()
+    files, stored_key = saved["files"].tolist(), str(saved["key"])
     consistent = (
         stored_key == key
         and images.dtype == np.uint8
@@ -314,26 +278,12 @@ def load_cache(path: Path, key: str, size: int) -> OmniglotData | None:
 
 
 def save_cache(path: Path, key: str, data: OmniglotData) -> None:
-    # Written to a temporary file and renamed, so a crash or a concurrent run never
-    # leaves a half-written cache under the real name.
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".omniglot-", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                np.savez_compressed(
-                    file,
-                    images=data.images.numpy(),
-                    counts=data.counts.numpy(),
-                    characters=np.array(data.characters, dtype=str),
-                    evaluation=np.array(data.evaluation, dtype=bool),
-                    files=np.array(data.files, dtype=str),
-                    key=np.array(key),
-                )
-            os.replace(temporary, path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
-    except OSError as exc:
-        message = f"omniglot: could not write the cache {path} ({exc}); decoding again next run"
-        warnings.warn(message, stacklevel=3)
+    arrays = {
+        "images": data.images.numpy(),
+        "counts": data.counts.numpy(),
+        "characters": np.array(data.characters, dtype=str),
+        "evaluation": np.array(data.evaluation, dtype=bool),
+        "files": np.array(data.files, dtype=str),
+        "key": np.array(key),
+    }
+    save_arrays(path, arrays, "omniglot")

@@ -13,8 +13,6 @@ background 0) and handed to models as float32 in [0, 1] (stroke 1.0, background 
 
 from __future__ import annotations
 
-import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +23,16 @@ import torch
 from maml_tune.core.tasks import SPLITS, TaskBatch
 from maml_tune.errors import ConfigError
 from maml_tune.families._contract import ProgressCallback, TaskFamily, option
+from maml_tune.families._images import (
+    ROTATIONS,
+    DeviceImages,
+    TaskShape,
+    default_cache_dir,
+    pixel_permutations,
+    resolve_cache_dir,
+    sample_tasks,
+    split_units,
+)
 from maml_tune.families._omniglot_data import (
     DATA_ENV,
     ImageInput,
@@ -32,11 +40,9 @@ from maml_tune.families._omniglot_data import (
     cache_key,
     data_dirs,
     decode_sources,
-    default_cache_dir,
     find_sources,
     input_to_uint8,
     load_cache,
-    resolve_cache_dir,
     save_cache,
     to_float,
 )
@@ -51,7 +57,6 @@ __all__ = [
     "preprocess_images",
 ]
 
-_ROTATIONS = 4
 _MIN_ALPHABETS_FOR_AUTO = 5
 
 
@@ -63,6 +68,9 @@ class OmniglotOptions:
     image_size: int = option(28, "images are resized to image_size x image_size pixels", min=8)
     rotations: bool = option(
         True, "meta-train only: each character rotated by 0/90/180/270 degrees is its own class"
+    )
+    within_alphabet: bool = option(
+        False, "draw all N classes of a task from one alphabet (Lake et al.'s 20-way protocol)"
     )
     split: str = option("auto", "unit of the train/val/test split", choices=("auto", "alphabet", "character"))
     val_fraction: float = option(0.1, "share of split units held out for meta-val", min=0.01, max=0.4)
@@ -79,11 +87,9 @@ class OmniglotOptions:
 class _DeviceData:
     """What :meth:`Omniglot.sample` needs, resident on one device."""
 
-    images: torch.Tensor
-    starts: torch.Tensor
-    counts: torch.Tensor
-    rotations: torch.Tensor  # (4, H*W): source pixel of each output pixel, per quarter turn
+    images: DeviceImages
     split_characters: dict[str, torch.Tensor]
+    alphabets: dict[str, torch.Tensor]  # per split: the alphabet index of each of its characters
 
 
 class Omniglot(TaskFamily):
@@ -190,49 +196,19 @@ class Omniglot(TaskFamily):
 
         One batched draw: N distinct classes per task by ranking uniform noise, then
         ``k_shot + k_query`` distinct drawings per class the same way, gathered from the
-        uint8 images already resident on ``device``.
+        uint8 images already resident on ``device`` (:func:`~maml_tune.families._images.sample_tasks`);
+        with ``within_alphabet`` each task's classes come from one alphabet of the split.
         """
         o = self.options
-        device = torch.device(device)
         self.prepare()
-        chars = self._split_indices(split)
-        state = self._on_device(device)
-        rotate = o.rotations and split == "train"
-        n_classes = len(chars) * (_ROTATIONS if rotate else 1)
-        per_class = o.k_shot + o.k_query
-        if o.n_way > n_classes:
-            raise ConfigError(
-                f"omniglot: split {split!r} has {n_classes} classes, fewer than n_way={o.n_way};"
-                " lower n_way or change split / val_fraction / test_fraction"
-            )
-        counts = self.dataset().counts[torch.from_numpy(chars)]
-        fewest, most = int(counts.min()), int(counts.max())
-        if fewest < per_class:
-            raise ConfigError(
-                f"omniglot: k_shot + k_query = {per_class} but some characters of split {split!r}"
-                f" have only {fewest} drawings; lower k_shot or k_query"
-            )
-
-        noise = torch.rand(n_tasks, n_classes, generator=generator, device=device)
-        picked = noise.topk(o.n_way, dim=1).indices  # (T, N) distinct, in random order
-        char_index = state.split_characters[split][picked // _ROTATIONS if rotate else picked]
-        starts, counts = state.starts[char_index], state.counts[char_index]
-
-        # Rank noise over every slot a character could have; slots past its count can never
-        # win, so the picks are distinct drawings of that character.
-        slots = torch.arange(most, device=device)
-        noise = torch.rand(n_tasks, o.n_way, most, generator=generator, device=device)
-        noise = noise.masked_fill(slots >= counts.unsqueeze(-1), 2.0)
-        drawing = noise.topk(per_class, dim=-1, largest=False).indices
-        image_index = starts.unsqueeze(-1) + drawing  # (T, N, K+Q)
-
-        turns = picked % _ROTATIONS if rotate else None
-        labels = torch.arange(o.n_way, device=device)
-        return TaskBatch(
-            self._gather(state, image_index[:, :, : o.k_shot], turns),
-            labels.repeat_interleave(o.k_shot).repeat(n_tasks, 1),
-            self._gather(state, image_index[:, :, o.k_shot :], turns),
-            labels.repeat_interleave(o.k_query).repeat(n_tasks, 1),
+        self._split_indices(split)
+        state = self._on_device(torch.device(device))
+        shape = TaskShape(o.n_way, o.k_shot, o.k_query, rotate=o.rotations and split == "train")
+        return sample_tasks(
+            "omniglot", split, state.images, state.split_characters[split], shape, n_tasks, generator,
+            to_float,
+            groups=state.alphabets[split] if o.within_alphabet else None,
+            hint="change split / val_fraction / test_fraction",
         )
 
     def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
@@ -248,30 +224,26 @@ class Omniglot(TaskFamily):
             raise ConfigError(f"omniglot: unknown split {split!r} (expected one of {SPLITS})")
         return self._splits[split]
 
-    def _gather(self, state: _DeviceData, index: torch.Tensor, turns: torch.Tensor | None) -> torch.Tensor:
-        """Images ``index`` (T, N, M), each class turned ``turns`` (T, N) → (T, N*M, 1, H, W)."""
-        n_tasks, n_way, per_class = index.shape
-        size = self.options.image_size
-        # index_select on the flat index is far faster than advanced indexing here.
-        x = state.images.index_select(0, index.reshape(-1)).view(n_tasks, n_way, per_class, -1)
-        if turns is not None:
-            # A rotation is a fixed permutation of the pixels: one gather rotates every class.
-            pixels = state.rotations[turns].unsqueeze(2).expand(-1, -1, per_class, -1)
-            x = x.gather(-1, pixels)
-        return to_float(x).view(n_tasks, n_way * per_class, 1, size, size)
-
     def _on_device(self, device: torch.device) -> _DeviceData:
         # One resident copy per device: moving the images every call would dominate sampling.
         key = str(device)
         if key not in self._devices:
             data = self.dataset()
+            alphabet_of = [name.split("/")[0] for name in data.characters]
+            alphabet_ids = {name: i for i, name in enumerate(sorted(set(alphabet_of)))}
             self._devices[key] = _DeviceData(
-                images=data.images.to(device),
-                starts=data.starts.to(device),
-                counts=data.counts.to(device),
-                rotations=_rotation_pixels(self.options.image_size).to(device),
+                images=DeviceImages(
+                    data.images.to(device),
+                    data.starts.to(device),
+                    data.counts.to(device),
+                    pixel_permutations(self.options.image_size)[:ROTATIONS].to(device),
+                ),
                 split_characters={
                     split: torch.from_numpy(chars).to(device) for split, chars in self._splits.items()
+                },
+                alphabets={
+                    split: torch.tensor([alphabet_ids[alphabet_of[c]] for c in chars], device=device)
+                    for split, chars in self._splits.items()
                 },
             )
         return self._devices[key]
@@ -289,11 +261,6 @@ def preprocess_images(images: Sequence[ImageInput], image_size: int) -> torch.Te
     if not arrays:
         return torch.zeros(0, 1, image_size, image_size)
     return to_float(torch.from_numpy(np.stack(arrays))).unsqueeze(1)
-
-
-def _rotation_pixels(size: int) -> torch.Tensor:
-    grid = torch.arange(size * size).view(size, size)
-    return torch.stack([grid.rot90(turns).reshape(-1) for turns in range(_ROTATIONS)])
 
 
 # --- splits ----------------------------------------------------------------------------
@@ -317,15 +284,8 @@ def _assign_splits(data: OmniglotData, options: OmniglotOptions) -> dict[str, np
         options.split == "auto" and len(alphabets) >= _MIN_ALPHABETS_FOR_AUTO
     )
     units = alphabets if by_alphabet else sorted(names)
-    units.sort(key=lambda unit: (hashlib.sha256(unit.encode()).hexdigest(), unit))
-
-    unit_split: dict[str, str] = {}
-    taken = 0
-    for split, fraction in held_out.items():
-        count = max(1, math.floor(fraction * len(units) + 0.5))
-        unit_split.update((unit, split) for unit in units[taken : taken + count])
-        taken += count
-    if taken >= len(units):
+    unit_split = split_units(units, held_out)
+    if unit_split is None:
         kind = "alphabets" if by_alphabet else "characters"
         raise ConfigError(
             f"omniglot: {len(units)} {kind} are too few to split into "

@@ -20,6 +20,7 @@ from PIL import Image
 from maml_tune.core.tasks import split_generator
 from maml_tune.errors import ConfigError, DataError
 from maml_tune.families import omniglot
+from maml_tune.families._omniglot_data import to_float
 from maml_tune.families.omniglot import (
     DATA_ENV,
     Omniglot,
@@ -235,6 +236,30 @@ def test_rotations_only_in_meta_train(make):
     assert any(0 not in found for found in rotated)
     for split, rotations in (("test", True), ("val", True), ("train", False)):
         assert all(0 in found for found in turns(sample(make(rotations=rotations), split)))
+
+
+@pytest.mark.parametrize("rotations", [False, True])
+def test_within_alphabet_tasks_draw_every_character_from_one_alphabet(make, rotations):
+    family = make(within_alphabet=True, rotations=rotations)
+    data = family.dataset()
+    upright = {image.numpy().tobytes(): i for i, image in enumerate(to_float(data.images))}
+    alphabet_of_image = {}
+    for c, start in enumerate(data.starts.tolist()):
+        for i in range(start, start + int(data.counts[c])):
+            alphabet_of_image[i] = data.characters[c].split("/")[0]
+    for split in ("train", "val", "test"):
+        batch = sample(family, split, n_tasks=6)
+        for task in batch.support_x:
+            # Undo any quarter turn to find each drawing, then its alphabet.
+            found = set()
+            for image in task[:, 0]:
+                index = next(
+                    upright[key]
+                    for k in range(4)
+                    if (key := torch.rot90(image, k).contiguous().numpy().tobytes()) in upright
+                )
+                found.add(alphabet_of_image[index])
+            assert len(found) == 1, found
 
 
 def test_cache_is_reused_and_a_corrupt_cache_rebuilt(synthetic, tmp_path, monkeypatch):
