@@ -20,14 +20,20 @@ from maml_tune.cli._common import (
 )
 from maml_tune.errors import ConfigError, DataError, MamlTuneError, PluginError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+def _image_suffixes() -> tuple[str, ...]:
+    # Imported here, not at the top: the families import torch, and --help must not.
+    from maml_tune.families.imagefolder import IMAGE_SUFFIXES
+
+    return IMAGE_SUFFIXES
 
 
 def _images_in(folder: Path, recursive: bool) -> list[Path]:
     pattern = "**/*" if recursive else "*"
+    suffixes = _image_suffixes()
     return sorted(
         p for p in folder.glob(pattern)
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        if p.is_file() and p.suffix.lower() in suffixes
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 
@@ -46,7 +52,7 @@ def read_support_folder(folder: Path) -> tuple[list[str], list[Path], list[int]]
     for label, class_dir in enumerate(class_dirs):
         found = _images_in(class_dir, recursive=False)
         if not found:
-            raise DataError(f"class folder {class_dir} has no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise DataError(f"class folder {class_dir} has no images ({', '.join(_image_suffixes())})")
         files += found
         labels += [label] * len(found)
     return [p.name for p in class_dirs], files, labels
@@ -118,7 +124,7 @@ def predict(
         raise DataError(f"query folder {query} does not exist")
     query_files = [query] if query.is_file() else _images_in(query, recursive=True)
     if not query_files:
-        raise DataError(f"query folder {query} has no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise DataError(f"query folder {query} has no images ({', '.join(_image_suffixes())})")
 
     support_x = _preprocess(family, support_files, learner.input_shape).to(learner.device)
     query_x = _preprocess(family, query_files, learner.input_shape).to(learner.device)

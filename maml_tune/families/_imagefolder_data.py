@@ -17,9 +17,8 @@ from PIL import Image
 from maml_tune.core.tasks import SPLITS
 from maml_tune.errors import DataError
 from maml_tune.families._contract import ProgressCallback
-from maml_tune.families._images import decode_all, load_arrays, opaque
+from maml_tune.families._images import IMAGE_SUFFIXES, decode_all, load_arrays, opaque
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _CACHE_FORMAT = 1
 _CACHE_ARRAYS = ("images", "counts", "classes", "groups", "splits", "files", "key")
 _EXPECTED = (

@@ -27,6 +27,8 @@ from maml_tune.core.tasks import TaskBatch
 from maml_tune.errors import ConfigError, DataError
 from maml_tune.families._contract import ProgressCallback
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+"""The image files the image families and ``predict`` read."""
 DECODE_CHUNK = 512
 ROTATIONS = 4
 

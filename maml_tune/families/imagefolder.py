@@ -29,7 +29,6 @@ from maml_tune.core.tasks import SPLITS, TaskBatch
 from maml_tune.errors import ConfigError, DataError
 from maml_tune.families._contract import ProgressCallback, TaskFamily, option
 from maml_tune.families._imagefolder_data import (
-    IMAGE_SUFFIXES,
     ImageData,
     cache_arrays,
     cache_key,
@@ -40,6 +39,7 @@ from maml_tune.families._imagefolder_data import (
     to_array,
 )
 from maml_tune.families._images import (
+    IMAGE_SUFFIXES,
     DeviceImages,
     TaskShape,
     pixel_permutations,
