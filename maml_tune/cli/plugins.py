@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from maml_tune.cli._common import JsonOption, SetOption, err, out, parse_sets, print_json, registry
-from maml_tune.errors import ConfigError, MamlTuneError, PluginError
+from maml_tune.errors import ConfigError, DataError, MamlTuneError, PluginError
 
 plugins_app = typer.Typer(
     name="plugins",
@@ -91,6 +91,14 @@ def _space_text(spec: dict[str, Any]) -> str:
     return text
 
 
+def _input_shape(plugin, family) -> list[int] | None:
+    """The input shape, or None when it depends on data this machine does not have (yet)."""
+    try:
+        return list(_call(plugin, "input_shape", lambda: family.input_shape))
+    except DataError:
+        return None
+
+
 @plugins_app.command("info")
 def info(ctx: typer.Context, name: NameArgument, as_json: JsonOption = False) -> None:
     """A family's description, options (types, defaults, ranges), default architecture,
@@ -105,7 +113,8 @@ def info(ctx: typer.Context, name: NameArgument, as_json: JsonOption = False) ->
         "kind": plugin.kind,
         "description": plugin.description,
         "source": str(plugin.source),
-        "input_shape": list(_call(plugin, "input_shape", lambda: family.input_shape)),
+        "data": getattr(family, "data", ""),
+        "input_shape": _input_shape(plugin, family),
         "output_size": _call(plugin, "output_size", lambda: family.output_size),
         "options": [
             {k: v for k, v in row.items() if k != "value"}
@@ -120,8 +129,11 @@ def info(ctx: typer.Context, name: NameArgument, as_json: JsonOption = False) ->
         return
     out.print(f"[bold]{data['name']}[/bold] — {_escape(data['description'])}")
     out.print(f"kind: {data['kind']}   source: {_escape(data['source'])}")
+    if data["data"]:
+        out.print(f"data: {_escape(data['data'])}")
+    shape = tuple(data["input_shape"]) if data["input_shape"] else "set by the data (found when it is read)"
     out.print(
-        f"input shape: {tuple(data['input_shape'])}   output size: {data['output_size']}"
+        f"input shape: {shape}   output size: {data['output_size']}"
         + (" (classes per task)" if data["kind"] == "classification" else "")
     )
     options = Table(title=_escape("options (set with --set family.NAME=VALUE or [family.options] in a spec)"))

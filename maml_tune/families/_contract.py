@@ -60,6 +60,9 @@ class TaskFamily(abc.ABC):
     description: ClassVar[str]
     kind: ClassVar[str]
     Options: ClassVar[type] = NoOptions
+    data: ClassVar[str] = ""
+    """Where the family's data comes from and the layout it expects (``plugins info`` shows it;
+    empty for families that generate their tasks)."""
 
     def __init__(self, options: Any = None):
         if options is None or isinstance(options, Mapping):

@@ -88,6 +88,11 @@ class ImageFolder(TaskFamily):
     description = "your own images: <class>/<image> folders, pre-split or grouped, N-way K-shot"
     kind = "classification"
     Options = ImageFolderOptions
+    data = (
+        "your own images in data_dir: <class>/<image> (split here by class), {train,val,test}/<class>/<image>"
+        " (split by you; a <group>/ level inside each split is allowed) or <group>/<class>/<image>"
+        " (split by group); " + "/".join(s[1:] for s in IMAGE_SUFFIXES) + ", greyscale or RGB"
+    )
 
     def __init__(self, options: Any = None):
         super().__init__(options)
@@ -98,8 +103,9 @@ class ImageFolder(TaskFamily):
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """``(channels, image_size, image_size)``; with ``channels=0`` the channels are the data's,
+        so the first call decodes the images (later calls read the cache)."""
         size = self.options.image_size
-        # Detected channels need the images: the first call decodes them (later calls read the cache).
         channels = self.options.channels or int(self.dataset().images.shape[1])
         return (channels, size, size)
 

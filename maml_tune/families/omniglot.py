@@ -124,6 +124,11 @@ class Omniglot(TaskFamily):
     description = "Omniglot handwritten characters, N-way K-shot (Lake 2015; Finn et al. 2017)"
     kind = "classification"
     Options = OmniglotOptions
+    data = (
+        "the official Omniglot release, https://github.com/brendenlake/omniglot (python/ folder):"
+        " images_background.zip and images_evaluation.zip, or images_background_small1.zip /"
+        " images_background_small2.zip, zipped or extracted, in data_dir (or $MAML_TUNE_DATA)"
+    )
 
     def __init__(self, options: Any = None):
         super().__init__(options)

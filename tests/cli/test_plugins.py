@@ -166,6 +166,23 @@ def test_info_describes_the_example_family(monkeypatch):
         assert words in text.stdout
 
 
+@pytest.mark.parametrize(
+    ("family", "shape", "words"),
+    [
+        ("imagefolder", None, ("<class>/<image>", "{train,val,test}/<class>/", "<group>/<class>/<image>")),
+        ("omniglot", [1, 28, 28], ("github.com/brendenlake/omniglot", "images_background.zip")),
+    ],
+)
+def test_info_says_where_the_data_comes_from_and_its_layout(monkeypatch, family, shape, words):
+    monkeypatch.delenv("MAML_TUNE_DATA", raising=False)
+    data = json.loads(invoke("plugins", "info", family, "--json").stdout)
+    assert data["input_shape"] == shape  # the image folder's channels are the data's
+    assert all(w in data["data"] for w in words)
+    text = invoke("plugins", "info", family)
+    assert text.exit_code == 0 and "data: " in text.stdout
+    assert ("set by the data" in text.stdout) == (shape is None)
+
+
 def test_info_of_unknown_or_broken_plugin_is_an_error(plugins_dir):
     (plugins_dir / "crashes.py").write_text("1/0\n")
     broken = invoke("plugins", "info", "crashes")
