@@ -14,7 +14,7 @@ import pytest
 from maml_tune.errors import ConfigError, FamilyError, PluginError
 from maml_tune.families.registry import LOCAL_MODULE_PREFIX, Registry, contract_problem
 
-BUILTINS = ["imagefolder", "omniglot", "sinusoid"]
+BUILTINS = ["imagefolder", "omniglot", "sinusoid", "table", "table-classification"]
 
 GOOD = """
 from dataclasses import dataclass
@@ -233,7 +233,8 @@ def test_unknown_family_and_invalid_options_are_reported(tmp_path):
     write(tmp_path, "lines", good_plugin("lines"))
     registry = Registry(tmp_path)
     with pytest.raises(
-        FamilyError, match=r"unknown task family 'nope' \(available: imagefolder, lines, omniglot, sinusoid\)"
+        FamilyError,
+        match=r"unknown task family 'nope' \(available: imagefolder, lines, omniglot, sinusoid, table, ",
     ):
         registry.get("nope")
     with pytest.raises(
