@@ -91,11 +91,12 @@ def _space_text(spec: dict[str, Any]) -> str:
     return text
 
 
-def _input_shape(plugin, family) -> list[int] | None:
-    """The input shape, or None when it depends on data this machine does not have (yet)."""
+def _set_by_data(plugin, what: str, fn):
+    """``fn()``, or None when it depends on data or options not given here (an image folder's
+    channels, a table's columns)."""
     try:
-        return list(_call(plugin, "input_shape", lambda: family.input_shape))
-    except DataError:
+        return _call(plugin, what, fn)
+    except (DataError, ConfigError):
         return None
 
 
@@ -114,8 +115,8 @@ def info(ctx: typer.Context, name: NameArgument, as_json: JsonOption = False) ->
         "description": plugin.description,
         "source": str(plugin.source),
         "data": getattr(family, "data", ""),
-        "input_shape": _input_shape(plugin, family),
-        "output_size": _call(plugin, "output_size", lambda: family.output_size),
+        "input_shape": _set_by_data(plugin, "input_shape", lambda: list(family.input_shape)),
+        "output_size": _set_by_data(plugin, "output_size", lambda: family.output_size),
         "options": [
             {k: v for k, v in row.items() if k != "value"}
             for row in _call(plugin, "describe_options()", family.describe_options)
@@ -131,9 +132,11 @@ def info(ctx: typer.Context, name: NameArgument, as_json: JsonOption = False) ->
     out.print(f"kind: {data['kind']}   source: {_escape(data['source'])}")
     if data["data"]:
         out.print(f"data: {_escape(data['data'])}")
-    shape = tuple(data["input_shape"]) if data["input_shape"] else "set by the data (found when it is read)"
+    unknown = "set by the data and options (found when it is read)"
+    shape = tuple(data["input_shape"]) if data["input_shape"] else unknown
+    size = unknown if data["output_size"] is None else data["output_size"]
     out.print(
-        f"input shape: {shape}   output size: {data['output_size']}"
+        f"input shape: {shape}   output size: {size}"
         + (" (classes per task)" if data["kind"] == "classification" else "")
     )
     options = Table(title=_escape("options (set with --set family.NAME=VALUE or [family.options] in a spec)"))

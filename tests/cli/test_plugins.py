@@ -170,13 +170,14 @@ def test_info_describes_the_example_family(monkeypatch):
     ("family", "shape", "words"),
     [
         ("imagefolder", None, ("<class>/<image>", "{train,val,test}/<class>/", "<group>/<class>/<image>")),
+        ("table", None, ("CSV or Parquet", "family.group_column", "family.target_columns")),
         ("omniglot", [1, 28, 28], ("github.com/brendenlake/omniglot", "images_background.zip")),
     ],
 )
 def test_info_says_where_the_data_comes_from_and_its_layout(monkeypatch, family, shape, words):
     monkeypatch.delenv("MAML_TUNE_DATA", raising=False)
     data = json.loads(invoke("plugins", "info", family, "--json").stdout)
-    assert data["input_shape"] == shape  # the image folder's channels are the data's
+    assert data["input_shape"] == shape  # an image folder's channels, a table's columns are the data's
     assert all(w in data["data"] for w in words)
     text = invoke("plugins", "info", family)
     assert text.exit_code == 0 and "data: " in text.stdout
