@@ -3,6 +3,7 @@ the decoded-image cache. See :mod:`maml_tune.families.imagefolder` for the famil
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -103,7 +104,77 @@ def _class_tree(root: Path, where: str) -> tuple[str, dict[str, tuple[str, list[
     raise DataError(f"imagefolder: found {seen} in {where}{detail}; {_EXPECTED}")
 
 
+BENCHMARK_LAYOUTS = {
+    "mini-imagenet": "Ravi & Larochelle's miniImageNet: images/<file> beside train.csv, val.csv and test.csv"
+    " (filename,label rows)",
+    "cifar-fs": "CIFAR-FS (Bertinetto et al.): data/<class>/<image> with"
+    " splits/bertinetto/{train,val,test}.txt (one class per line)",
+}
+"""The standard few-shot benchmark layouts read as they are distributed (their splits are theirs)."""
+
+
+def _benchmark_layout(root: Path) -> str | None:
+    if (root / "images").is_dir() and all((root / f"{split}.csv").is_file() for split in SPLITS):
+        return "mini-imagenet"
+    if (root / "data").is_dir() and (root / "splits" / "bertinetto").is_dir():
+        return "cifar-fs"
+    return None
+
+
+def _mini_imagenet(root: Path) -> dict[str, tuple[str, str, list[Path]]]:
+    classes: dict[str, tuple[str, str, list[Path]]] = {}
+    for split in SPLITS:
+        table = root / f"{split}.csv"
+        try:
+            with table.open(newline="") as handle:
+                rows = [row for row in csv.reader(handle) if row]
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(f"imagefolder: cannot read {table} ({exc})") from exc
+        if rows and [cell.strip().lower() for cell in rows[0]] == ["filename", "label"]:
+            rows = rows[1:]
+        files: dict[str, list[Path]] = {}
+        for number, row in enumerate(rows, start=2):
+            if len(row) != 2:
+                raise DataError(f"imagefolder: {table} line {number}: expected filename,label, got {row!r}")
+            files.setdefault(row[1].strip(), []).append(root / "images" / row[0].strip())
+        missing = [f for paths in files.values() for f in paths if not f.is_file()]
+        if missing:
+            raise DataError(
+                f"imagefolder: {len(missing)} images listed in {table.name} are not in {root / 'images'}"
+                f" (first: {missing[0].name})"
+            )
+        classes.update((f"{split}/{label}", ("", split, sorted(paths))) for label, paths in files.items())
+    return classes
+
+
+def _cifar_fs(root: Path) -> dict[str, tuple[str, str, list[Path]]]:
+    classes: dict[str, tuple[str, str, list[Path]]] = {}
+    for split in SPLITS:
+        listing = root / "splits" / "bertinetto" / f"{split}.txt"
+        if not listing.is_file():
+            raise DataError(
+                f"imagefolder: cifar-fs layout without {listing}; {BENCHMARK_LAYOUTS['cifar-fs']}"
+            )
+        for name in (line.strip() for line in listing.read_text().splitlines()):
+            if not name:
+                continue
+            folder = root / "data" / name
+            files = _images_in(folder) if folder.is_dir() else []
+            if not files:
+                raise DataError(f"imagefolder: class {name!r} of {listing.name} has no images in {folder}")
+            classes[f"{split}/{name}"] = ("", split, files)
+    return classes
+
+
 def scan(root: Path, layout: str) -> Found:
+    benchmark = _benchmark_layout(root) if layout in ("auto", *BENCHMARK_LAYOUTS) else None
+    if layout in BENCHMARK_LAYOUTS and benchmark != layout:
+        raise DataError(
+            f"imagefolder: layout {layout!r} needs {BENCHMARK_LAYOUTS[layout]}; not found in {root}"
+        )
+    if benchmark is not None:
+        classes = _mini_imagenet(root) if benchmark == "mini-imagenet" else _cifar_fs(root)
+        return Found("split", classes, _fingerprint(benchmark, classes, root))
     names = {child.name for child in _subdirs(root)}
     presplit = set(SPLITS) <= names
     if layout == "split" and not presplit:
@@ -126,12 +197,17 @@ def scan(root: Path, layout: str) -> Found:
                 f"imagefolder: layout {layout!r} requested but {root} is laid out {kind}; {_EXPECTED}"
             )
         classes = {name: (group, "", files) for name, (group, files) in tree.items()}
-    fingerprint: list[Any] = [kind]
+    return Found(kind, classes, _fingerprint(kind, classes, root))
+
+
+def _fingerprint(layout: str, classes: dict[str, tuple[str, str, list[Path]]], root: Path) -> list[Any]:
+    fingerprint: list[Any] = [layout]
     for name in sorted(classes):
+        fingerprint.append(name)
         for file in classes[name][2]:
             stat = file.stat()
             fingerprint += [str(file.relative_to(root)), stat.st_size, stat.st_mtime_ns]
-    return Found(kind, classes, fingerprint)
+    return fingerprint
 
 
 def decode(found: Found, size: int, channels: int, progress: ProgressCallback | None) -> ImageData:

@@ -29,6 +29,7 @@ from maml_tune.core.tasks import SPLITS, TaskBatch
 from maml_tune.errors import ConfigError, DataError
 from maml_tune.families._contract import ProgressCallback, TaskFamily, option
 from maml_tune.families._imagefolder_data import (
+    BENCHMARK_LAYOUTS,
     ImageData,
     cache_arrays,
     cache_key,
@@ -49,7 +50,7 @@ from maml_tune.families._images import (
     split_units,
 )
 
-LAYOUTS = ("auto", "flat", "split", "grouped")
+LAYOUTS = ("auto", "flat", "split", "grouped", *BENCHMARK_LAYOUTS)
 _MIN_GROUPS_FOR_AUTO = 5
 
 
@@ -58,7 +59,8 @@ class ImageFolderOptions:
     data_dir: str | None = option(None, "root folder of the images (see layout)")
     layout: str = option(
         "auto",
-        "flat <class>/<image>, split {train,val,test}/..., grouped <group>/<class>/<image>, or auto",
+        "flat <class>/<image>, split {train,val,test}/..., grouped <group>/<class>/<image>,"
+        " mini-imagenet, cifar-fs, or auto",
         choices=LAYOUTS,
     )
     n_way: int = option(5, "classes per task (N)", min=2)
@@ -91,7 +93,8 @@ class ImageFolder(TaskFamily):
     data = (
         "your own images in data_dir: <class>/<image> (split here by class), {train,val,test}/<class>/<image>"
         " (split by you; a <group>/ level inside each split is allowed) or <group>/<class>/<image>"
-        " (split by group); " + "/".join(s[1:] for s in IMAGE_SUFFIXES) + ", greyscale or RGB"
+        " (split by group); " + "/".join(s[1:] for s in IMAGE_SUFFIXES) + ", greyscale or RGB; and as"
+        " distributed: " + "; ".join(BENCHMARK_LAYOUTS.values())
     )
 
     def __init__(self, options: Any = None):

@@ -43,6 +43,8 @@ def folders(tmp_path_factory) -> dict[str, Path]:
         "split": fixture.write_split(root / "split"),
         "grouped": fixture.write_grouped(root / "grouped"),
         "grey": fixture.write_flat(root / "grey", rgb=False),
+        "mini-imagenet": fixture.write_mini_imagenet(root / "mini"),
+        "cifar-fs": fixture.write_cifar_fs(root / "cifarfs"),
     }
 
 
@@ -71,6 +73,29 @@ def test_each_layout_is_detected_and_split_without_overlap(folders, tmp_path, la
     if layout == "grouped":  # 6 groups: whole groups are split
         group_of = {split: {name.split("/")[0] for name in c} for split, c in classes.items()}
         assert not (group_of["train"] & group_of["val"]) and not (group_of["train"] & group_of["test"])
+
+
+@pytest.mark.parametrize("layout", ["mini-imagenet", "cifar-fs"])
+def test_benchmark_layouts_are_read_with_their_own_splits(folders, tmp_path, layout):
+    for requested in ("auto", layout):
+        fam = family(folders[layout], tmp_path, layout=requested)
+        classes = {split: fam.classes(split) for split in ("train", "val", "test")}
+        assert {split: len(c) for split, c in classes.items()} == {"train": 8, "val": 3, "test": 3}
+        assert all(name.startswith(f"{split}/") for split, c in classes.items() for name in c)
+        assert sample(fam, "test").support_x.shape == (4, 3, 3, 16, 16)
+
+
+def test_a_benchmark_layout_that_is_not_there_says_what_it_needs(folders, tmp_path):
+    with pytest.raises(DataError, match=r"layout 'mini-imagenet' needs .*train.csv, val.csv and test.csv"):
+        family(folders["flat"], tmp_path, layout="mini-imagenet").prepare()
+    broken = fixture.write_mini_imagenet(tmp_path / "mini")
+    next((broken / "images").glob("*.jpg")).unlink()
+    with pytest.raises(DataError, match=r"1 images listed in \w+.csv are not in .*images \(first: n\d+"):
+        family(broken, tmp_path).prepare()
+    cifar = fixture.write_cifar_fs(tmp_path / "cifar")
+    (cifar / "splits" / "bertinetto" / "val.txt").write_text("val_thing0\nnot_a_class\n")
+    with pytest.raises(DataError, match="class 'not_a_class' of val.txt has no images"):
+        family(cifar, tmp_path).prepare()
 
 
 def test_rgb_and_grey_are_detected(folders, tmp_path):
