@@ -10,6 +10,7 @@ A decoded data set is a uint8 tensor of images grouped by class: class ``c`` own
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 import tempfile
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from maml_tune.core.tasks import TaskBatch
 from maml_tune.errors import ConfigError, DataError
@@ -71,10 +72,6 @@ def decode_all(
     and resizing release the GIL, so they run on a thread pool. A read or decode error is
     raised as ``fail(position, exc)``. Reports ``progress(done, count, what)`` per chunk.
     """
-    import io
-
-    from PIL import UnidentifiedImageError
-
     images = np.empty((count, *shape), dtype=np.uint8)
 
     def decode(position: int, raw: bytes) -> None:
@@ -174,6 +171,30 @@ def pixel_permutations(size: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class SplitClasses:
+    """The classes of one split: their indices and groups on the device, and the image counts
+    :func:`sample_tasks` checks, kept on the host so that checking them never waits on a GPU."""
+
+    index: torch.Tensor  # (n,) class indices into DeviceImages
+    groups: torch.Tensor  # (n,) group id of each class
+    fewest: int  # images of the split's class with the fewest
+    most: int  # ... and with the most
+
+    @classmethod
+    def of(
+        cls, index: np.ndarray, counts: torch.Tensor, groups: Sequence[int], device: torch.device
+    ) -> SplitClasses:
+        """``index`` (class indices), with ``counts`` the host image counts of every class."""
+        chosen = counts[torch.from_numpy(index)]
+        return cls(
+            torch.from_numpy(index).to(device),
+            torch.tensor(list(groups), dtype=torch.int64, device=device),
+            int(chosen.min()) if len(chosen) else 0,
+            int(chosen.max()) if len(chosen) else 0,
+        )
+
+
+@dataclass(frozen=True)
 class TaskShape:
     """How :func:`sample_tasks` draws: N-way, K support and Q query images per class."""
 
@@ -188,44 +209,43 @@ def sample_tasks(
     family: str,
     split: str,
     data: DeviceImages,
-    classes: torch.Tensor,
+    classes: SplitClasses,
     shape: TaskShape,
     n_tasks: int,
     generator: torch.Generator,
     to_input: Callable[[torch.Tensor], torch.Tensor],
     *,
-    groups: torch.Tensor | None = None,
+    by_group: bool = False,
     hint: str = "",
 ) -> TaskBatch:
-    """``n_tasks`` tasks whose classes are drawn from ``classes`` (indices into ``data``).
+    """``n_tasks`` tasks whose classes are drawn from ``classes``.
 
     One batched draw: N distinct classes per task by ranking uniform noise, then
-    ``k_shot + k_query`` distinct images per class the same way. With ``groups`` (one group
-    id per entry of ``classes``) every task first draws one group, among those with at least
-    N classes, and its N classes from that group. ``to_input`` turns the gathered uint8
-    images ``(..., C, H, W)`` into the model's float32 input.
+    ``k_shot + k_query`` distinct images per class the same way. With ``by_group`` every
+    task first draws one group, among those with at least N classes, and its N classes from
+    that group. ``to_input`` turns the gathered uint8 images ``(..., C, H, W)`` into the
+    model's float32 input.
     """
     device = data.images.device
-    n_classes = len(classes) * (ROTATIONS if shape.rotate else 1)
+    n_classes = len(classes.index) * (ROTATIONS if shape.rotate else 1)
     per_class = shape.k_shot + shape.k_query
     if shape.n_way > n_classes:
         raise ConfigError(
             f"{family}: split {split!r} has {n_classes} classes, fewer than n_way={shape.n_way}; lower n_way"
             + (f" or {hint}" if hint else "")
         )
-    counts = data.counts.index_select(0, classes)
-    fewest, most = int(counts.min()), int(counts.max())
-    if fewest < per_class:
+    if classes.fewest < per_class:
         raise ConfigError(
             f"{family}: k_shot + k_query = {per_class} but some classes of split {split!r}"
-            f" have only {fewest} images; lower k_shot or k_query"
+            f" have only {classes.fewest} images; lower k_shot or k_query"
         )
+    most = classes.most
 
     noise = torch.rand(n_tasks, n_classes, generator=generator, device=device)
-    if groups is not None:
-        noise = _within_one_group(family, split, noise, groups, shape, generator)
+    if by_group:
+        noise = _within_one_group(family, split, noise, classes.groups, shape, generator)
     picked = noise.topk(shape.n_way, dim=1).indices  # (T, N) distinct, in random order
-    class_index = classes[picked // ROTATIONS if shape.rotate else picked]
+    class_index = classes.index[picked // ROTATIONS if shape.rotate else picked]
     starts, counts = data.starts[class_index], data.counts[class_index]
 
     # Rank noise over every slot a class could have; slots past its count can never win, so

@@ -42,6 +42,7 @@ from maml_tune.families._imagefolder_data import (
 from maml_tune.families._images import (
     IMAGE_SUFFIXES,
     DeviceImages,
+    SplitClasses,
     TaskShape,
     pixel_permutations,
     resolve_cache_dir,
@@ -102,7 +103,7 @@ class ImageFolder(TaskFamily):
         self._data: ImageData | None = None
         self._splits: dict[str, np.ndarray] = {}
         self._stats: tuple[np.ndarray, np.ndarray] | None = None
-        self._devices: dict[str, tuple[DeviceImages, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
+        self._devices: dict[str, tuple[DeviceImages, dict[str, SplitClasses]]] = {}
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -170,7 +171,7 @@ class ImageFolder(TaskFamily):
         o = self.options
         self.prepare()
         self._split_indices(split)
-        images, split_classes, groups = self._on_device(torch.device(device))
+        images, split_classes = self._on_device(torch.device(device))
         train = split == "train"
         shape = TaskShape(o.n_way, o.k_shot, o.k_query, rotate=o.rotations and train, flip=o.flips and train)
         return sample_tasks(
@@ -182,7 +183,7 @@ class ImageFolder(TaskFamily):
             n_tasks,
             generator,
             lambda x: self._to_input(x, images.images.device),
-            groups=groups[split] if o.group_tasks else None,
+            by_group=o.group_tasks,
             hint="change val_fraction / test_fraction or add classes",
         )
 
@@ -229,14 +230,11 @@ class ImageFolder(TaskFamily):
                 data.counts.to(device),
                 pixel_permutations(self.options.image_size).to(device),
             )
-            classes = {split: torch.from_numpy(rows).to(device) for split, rows in self._splits.items()}
-            groups = {
-                split: torch.tensor(
-                    [group_ids[data.groups[c]] for c in rows], dtype=torch.int64, device=device
-                )
+            classes = {
+                split: SplitClasses.of(rows, data.counts, [group_ids[data.groups[c]] for c in rows], device)
                 for split, rows in self._splits.items()
             }
-            self._devices[key] = (images, classes, groups)
+            self._devices[key] = (images, classes)
         return self._devices[key]
 
 

@@ -26,6 +26,7 @@ from maml_tune.families._contract import ProgressCallback, TaskFamily, option
 from maml_tune.families._images import (
     ROTATIONS,
     DeviceImages,
+    SplitClasses,
     TaskShape,
     default_cache_dir,
     pixel_permutations,
@@ -88,8 +89,7 @@ class _DeviceData:
     """What :meth:`Omniglot.sample` needs, resident on one device."""
 
     images: DeviceImages
-    split_characters: dict[str, torch.Tensor]
-    alphabets: dict[str, torch.Tensor]  # per split: the alphabet index of each of its characters
+    split_characters: dict[str, SplitClasses]  # grouped by alphabet
 
 
 class Omniglot(TaskFamily):
@@ -212,7 +212,7 @@ class Omniglot(TaskFamily):
         return sample_tasks(
             "omniglot", split, state.images, state.split_characters[split], shape, n_tasks, generator,
             to_float,
-            groups=state.alphabets[split] if o.within_alphabet else None,
+            by_group=o.within_alphabet,
             hint="change split / val_fraction / test_fraction",
         )
 
@@ -244,10 +244,9 @@ class Omniglot(TaskFamily):
                     pixel_permutations(self.options.image_size)[:ROTATIONS].to(device),
                 ),
                 split_characters={
-                    split: torch.from_numpy(chars).to(device) for split, chars in self._splits.items()
-                },
-                alphabets={
-                    split: torch.tensor([alphabet_ids[alphabet_of[c]] for c in chars], device=device)
+                    split: SplitClasses.of(
+                        chars, data.counts, [alphabet_ids[alphabet_of[c]] for c in chars], device
+                    )
                     for split, chars in self._splits.items()
                 },
             )
