@@ -240,7 +240,7 @@ def test_rotations_only_in_meta_train(make):
 
 @pytest.mark.parametrize("rotations", [False, True])
 def test_within_alphabet_tasks_draw_every_character_from_one_alphabet(make, rotations):
-    family = make(within_alphabet=True, rotations=rotations)
+    family = make(within_alphabet=True, rotations=rotations, split="alphabet")
     data = family.dataset()
     upright = {image.numpy().tobytes(): i for i, image in enumerate(to_float(data.images))}
     alphabet_of_image = {}
