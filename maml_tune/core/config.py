@@ -23,9 +23,18 @@ _SGD_ONLY = ("momentum", "nesterov")
 QUERY_NORMS = ("transductive", "support")
 
 
+DOWNSAMPLES = {
+    "pool": "2x2 max-pool keeping partial windows (28 -> 14 -> 7 -> 4)",
+    "pool_valid": "2x2 max-pool dropping partial windows, Finn et al.'s VALID (84 -> 42 -> 21 -> 10 -> 5)",
+    "stride": "stride-2 convolutions, no pooling",
+}
+"""How a conv block halves its input (``arch.downsample``)."""
+
+
 @dataclass(frozen=True)
 class ArchConfig:
-    """The network. ``mlp`` uses depth/width/activation; ``conv`` uses blocks/channels/norm/downsample."""
+    """The network. ``mlp`` uses depth/width/activation; ``conv`` uses blocks/channels/norm/downsample
+    (one of :data:`DOWNSAMPLES`)."""
 
     kind: str = "mlp"
     depth: int = 2
@@ -40,11 +49,21 @@ class ArchConfig:
         _choice("arch.kind", self.kind, ("mlp", "conv"))
         _choice("arch.activation", self.activation, ACTIVATIONS)
         _choice("arch.norm", self.norm, ("batch", "none"))
-        _choice("arch.downsample", self.downsample, ("pool", "stride"))
+        _choice("arch.downsample", self.downsample, tuple(DOWNSAMPLES))
         _at_least("arch.depth", self.depth, 0)
         _at_least("arch.width", self.width, 1)
         _at_least("arch.blocks", self.blocks, 1)
         _at_least("arch.channels", self.channels, 1)
+
+    @property
+    def pools(self) -> bool:
+        """Whether conv blocks end in a max-pool (else they stride)."""
+        return self.downsample != "stride"
+
+    @property
+    def pool_keeps_partial_windows(self) -> bool:
+        """Whether a max-pool keeps the windows that overhang an odd-sized input (``ceil_mode``)."""
+        return self.downsample == "pool"
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ class ConvNet(nn.Module):
             raise ConfigError(
                 f"arch.kind: conv needs (channels, height, width) inputs, got {input_shape}"
             )
-        self.pool = arch.downsample == "pool"
+        self.pool = arch.pools
         layers: list[nn.Module] = []
         channels = input_shape[0]
         for _ in range(arch.blocks):
@@ -115,7 +115,7 @@ class ConvNet(nn.Module):
                 layers.append(BatchStatNorm(arch.channels))
             layers.append(_ACTIVATIONS[arch.activation]())
             if self.pool:
-                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+                layers.append(nn.MaxPool2d(2, ceil_mode=arch.pool_keeps_partial_windows))
             channels = arch.channels
         self.body = nn.Sequential(*layers)
         with torch.no_grad():

@@ -118,9 +118,15 @@ class ImageFolder(TaskFamily):
         return self.options.n_way
 
     def default_architecture(self) -> dict[str, Any]:
-        # Finn et al. use 32 filters at 84x84 (miniImageNet) and 64 on small images.
-        channels = 32 if self.options.image_size >= 64 else 64
-        return {"kind": "conv", "blocks": 4, "channels": channels, "norm": "batch", "downsample": "pool"}
+        # Finn et al.: 32 filters and VALID pooling at 84x84 (miniImageNet), 64 filters on small images.
+        large = self.options.image_size >= 64
+        return {
+            "kind": "conv",
+            "blocks": 4,
+            "channels": 32 if large else 64,
+            "norm": "batch",
+            "downsample": "pool_valid" if large else "pool",
+        }
 
     def literature_config(self) -> dict[str, Any]:
         """Finn et al. 2017's miniImageNet settings (appendix A.1)."""

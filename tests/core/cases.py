@@ -66,6 +66,18 @@ PROBLEMS = {
         "query": 2,
         "inner_lr": 0.2,
     },
+    # The same on 1×9×9 with Finn et al.'s VALID pooling: 9 → 4 → 2, each pool dropping
+    # the overhanging row and column (the SAME pooling above would give 9 → 5 → 3).
+    "conv_valid": {
+        "arch": ArchConfig(kind="conv", blocks=2, channels=9, downsample="pool_valid"),
+        "input_shape": (1, 9, 9),
+        "output_size": 3,
+        "kind": "classification",
+        "tasks": 3,
+        "support": 2,
+        "query": 2,
+        "inner_lr": 0.2,
+    },
 }
 
 # Float32 fidelity (tests/core/test_float32_fidelity.py): the engine in float32 on realistic
@@ -87,6 +99,19 @@ FLOAT32_PROBLEMS = {
         "query": 5,
         "inner_lr": 0.03,
         "images": ("strokes", "omniglot"),
+    },
+    # The same with VALID pooling (28 → 14 → 7 → 3: the last pool drops the overhanging row
+    # and column), the fused blocks' other pooling geometry.
+    "conv28_valid": {
+        "arch": ArchConfig(kind="conv", blocks=3, channels=16, downsample="pool_valid"),
+        "input_shape": (1, 28, 28),
+        "output_size": 3,
+        "kind": "classification",
+        "tasks": 2,
+        "support": 1,
+        "query": 5,
+        "inner_lr": 0.03,
+        "images": ("strokes",),
     },
 }
 _ALL_PROBLEMS = {**PROBLEMS, **FLOAT32_PROBLEMS}

@@ -62,7 +62,7 @@ def forward(
             )
         return F.linear(h, params["head.weight"], params["head.bias"])
 
-    pool = arch.downsample == "pool"
+    pool = arch.pools
     norm = arch.norm == "batch"
     per_block = 2 + int(norm) + int(pool)  # conv, [norm], activation, [pool]
     h = x
@@ -81,7 +81,7 @@ def forward(
             )
         h = act(h)
         if pool:
-            h = F.max_pool2d(h, 2, ceil_mode=True)
+            h = F.max_pool2d(h, 2, ceil_mode=arch.pool_keeps_partial_windows)
     return F.linear(
         h.reshape(h.shape[0], -1), params["head.weight"], params["head.bias"]
     )
@@ -94,7 +94,7 @@ def parameter_names(arch) -> list[str]:
             f"body.{2 * i}.{w}" for i in range(arch.depth) for w in ("weight", "bias")
         ]
     else:
-        pool, norm = arch.downsample == "pool", arch.norm == "batch"
+        pool, norm = arch.pools, arch.norm == "batch"
         per_block = 2 + int(norm) + int(pool)
         names = []
         for block in range(arch.blocks):

@@ -98,6 +98,17 @@ def test_a_benchmark_layout_that_is_not_there_says_what_it_needs(folders, tmp_pa
         family(cifar, tmp_path).prepare()
 
 
+def test_the_default_network_at_84_pixels_is_finn_et_al_s_mini_imagenet_conv4():
+    from maml_tune.core.config import ArchConfig
+    from maml_tune.core.nets import build_network
+
+    arch = ArchConfig(**ImageFolder({"image_size": 84}).default_architecture())
+    assert (arch.blocks, arch.channels, arch.downsample) == (4, 32, "pool_valid")
+    # VALID pooling: 84 -> 42 -> 21 -> 10 -> 5, so the head reads 5 * 5 * 32 = 800 features
+    assert build_network(arch, (3, 84, 84), 5).head.in_features == 800
+    assert ImageFolder({"image_size": 28}).default_architecture()["downsample"] == "pool"
+
+
 def test_rgb_and_grey_are_detected(folders, tmp_path):
     assert family(folders["flat"], tmp_path).input_shape == (3, 16, 16)
     assert family(folders["grey"], tmp_path).input_shape == (1, 16, 16)
