@@ -154,6 +154,19 @@ def _storage_class() -> type:
         import optuna
 
         class Storage(optuna.storages.RDBStorage):
+            asked_trial_id: int | None = None
+            """The last trial this storage created RUNNING (``study.ask``). A storage error
+            after the insert, before the objective runs, would otherwise leave it RUNNING
+            with nobody knowing its id (see ``worker.run_worker``)."""
+
+            def _create_new_trial(self, study_id: int, template_trial=None):
+                # Optuna's cache in front of this storage calls the private _create_new_trial,
+                # not create_new_trial (tests/reliability/test_trial_faults.py pins it).
+                trial = super()._create_new_trial(study_id, template_trial)
+                if template_trial is None:
+                    self.asked_trial_id = trial._trial_id
+                return trial
+
             def record_heartbeat(self, trial_id: int) -> None:
                 # A failed beat would end Optuna's heartbeat thread and let the trial go stale
                 # while it still runs; missing one beat is harmless within the grace period.

@@ -85,9 +85,10 @@ def run_worker(job: WorkerJob, sink: EventSink) -> int:
     device = worker_device(job.device, job.worker)
     family = Registry(job.plugins_dir).create(spec.family, dict(spec.family_options))
     family.prepare()
+    storage = open_storage(job.storage)
     study = optuna.load_study(
         study_name=job.study_name,
-        storage=open_storage(job.storage),
+        storage=storage,
         sampler=make_sampler(
             spec.study.sampler, spec.study.seed, dict(spec.study.sampler_options), job.worker
         ),
@@ -124,7 +125,7 @@ def run_worker(job: WorkerJob, sink: EventSink) -> int:
             return False
         if done >= job.quota and not _waiting_retries(trials):
             return False
-        objective.trial_id = None
+        objective.trial_id = storage.asked_trial_id = None
         try:
             study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
         except KeyboardInterrupt:
@@ -137,7 +138,9 @@ def run_worker(job: WorkerJob, sink: EventSink) -> int:
 
     def close_trial(exc: Exception) -> None:
         message = backoff.storage_message(exc)
-        close_lost_trial(study, objective.trial_id, f"lost the study database: {message}")
+        # The objective's trial, else one the lost connection cut between its insert and the objective.
+        trial_id = objective.trial_id if objective.trial_id is not None else storage.asked_trial_id
+        close_lost_trial(study, trial_id, f"lost the study database: {message}")
 
     while True:
         try:

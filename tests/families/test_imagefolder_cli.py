@@ -48,6 +48,8 @@ eval_tasks = 6
 [study]
 name = "{name}"
 sampler = "random"
+pruner = "none"
+seed = 0
 n_trials = 2
 baseline = true
 top_k_checkpoints = 1

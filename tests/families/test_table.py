@@ -198,6 +198,8 @@ eval_tasks = 8
 [study]
 name = "table"
 sampler = "random"
+pruner = "none"
+seed = 0
 n_trials = 2
 """
 

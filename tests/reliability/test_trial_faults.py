@@ -170,3 +170,28 @@ def test_a_crash_during_the_write_never_leaves_a_loadable_half_checkpoint(tmp_pa
     weights.write_bytes(weights.read_bytes()[: len(weights.read_bytes()) // 2])
     with pytest.raises(CheckpointError, match="corrupt or was modified"):
         load_checkpoint(good)
+
+
+def test_a_connection_lost_between_creating_a_trial_and_running_it_fails_that_trial(
+    tmp_path, sqlite_url, monkeypatch
+):
+    """``study.ask`` inserts the trial, then reads it back: a lost connection in between used to
+    leave it RUNNING forever, before the objective ever learnt its id."""
+    import sqlalchemy
+
+    real = optuna.trial.Trial.__init__
+    calls = []
+
+    def lose_the_first_read_back(self, study, trial_id):
+        calls.append(trial_id)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("server closed the connection"))
+        real(self, study, trial_id)
+
+    monkeypatch.setattr(optuna.trial.Trial, "__init__", lose_the_first_read_back)
+    spec = _spec(tmp_path, 2)
+    result = run_search(spec, SearchOptions(storage=sqlite_url, device="cpu", checkpoint_root=None))
+    assert result.worker_errors == []
+    trials = _trials(sqlite_url)
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]  # closed, not left RUNNING
+    assert trials[0].user_attrs["reason"].startswith("lost the study database")
