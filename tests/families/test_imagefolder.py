@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
+import imagefolder_fixture as fixture
 import numpy as np
 import pytest
 import torch
@@ -18,21 +17,6 @@ from maml_tune.families.imagefolder import ImageFolder
 from maml_tune.families.testing import TaskFamilyConformance
 
 CPU = torch.device("cpu")
-
-
-def _load_fixture():
-    name = "maml_tune_imagefolder_fixture"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("imagefolder_fixture.py")
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fixture = _load_fixture()
 
 
 @pytest.fixture(scope="module")

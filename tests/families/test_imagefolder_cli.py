@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import textwrap
-from pathlib import Path
 
+import imagefolder_fixture as fixture
 import optuna
 import pytest
 from typer.testing import CliRunner
@@ -56,25 +54,12 @@ top_k_checkpoints = 1
 """
 
 
-def _fixture():
-    name = "maml_tune_imagefolder_fixture"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("imagefolder_fixture.py")
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def invoke(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
 @pytest.mark.parametrize("layout", ["flat", "split", "grouped", "mini_imagenet"])
 def test_search_train_evaluate_and_predict_on_an_image_folder(tmp_path, layout):
-    fixture = _fixture()
     data = getattr(fixture, f"write_{layout}")(tmp_path / "data")
     spec = tmp_path / "spec.toml"
     spec.write_text(textwrap.dedent(SPEC.format(data_dir=data, cache_dir=tmp_path / "cache", name=layout)))
