@@ -103,6 +103,7 @@ class ImageFolder(TaskFamily):
         self._data: ImageData | None = None
         self._splits: dict[str, np.ndarray] = {}
         self._stats: tuple[np.ndarray, np.ndarray] | None = None
+        self._device_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._devices: dict[str, tuple[DeviceImages, dict[str, SplitClasses]]] = {}
 
     @property
@@ -214,9 +215,12 @@ class ImageFolder(TaskFamily):
         x = x.to(torch.float32).div_(255.0)
         if self._stats is None:
             return x
-        mean, std = (
-            torch.as_tensor(v, dtype=torch.float32, device=device).view(-1, 1, 1) for v in self._stats
-        )
+        key = str(device)
+        if key not in self._device_stats:  # copied once per device, not at every draw
+            self._device_stats[key] = tuple(
+                torch.as_tensor(v, dtype=torch.float32, device=device).view(-1, 1, 1) for v in self._stats
+            )
+        mean, std = self._device_stats[key]
         return x.sub_(mean).div_(std)
 
     def _split_indices(self, split: str) -> np.ndarray:

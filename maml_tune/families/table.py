@@ -57,6 +57,7 @@ class _Rows:
     counts: torch.Tensor
     groups: tuple[str, ...]
     split_groups: dict[str, torch.Tensor]  # group indices per split
+    most: int  # rows of the largest cell, kept on the host so a draw never waits on a GPU for it
 
 
 class _Table(TaskFamily):
@@ -167,7 +168,7 @@ class _Table(TaskFamily):
         cells = group.unsqueeze(1) * n_cells + torch.arange(n_cells, device=dev)  # (T, cells)
         starts, counts = rows.starts[cells], rows.counts[cells]
         per_cell = o.k_shot + o.k_query
-        most = int(rows.counts.max())
+        most = rows.most
         noise = torch.rand(n_tasks, n_cells, most, generator=generator, device=dev)
         noise = noise.masked_fill(torch.arange(most, device=dev) >= counts.unsqueeze(-1), 2.0)
         index = starts.unsqueeze(-1) + noise.topk(per_cell, dim=-1, largest=False).indices  # (T, cells, K+Q)
@@ -197,6 +198,7 @@ class _Table(TaskFamily):
                 r.counts.to(device),
                 r.groups,
                 {split: g.to(device) for split, g in r.split_groups.items()},
+                r.most,
             )
         return self._devices[key]
 
@@ -239,6 +241,7 @@ class _Table(TaskFamily):
             counts_t,
             tuple(names),
             split_groups,
+            int(counts.max()),
         )
 
 
