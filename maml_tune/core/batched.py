@@ -32,7 +32,7 @@ from torch import nn
 
 from maml_tune.core.fused import conv_norm_pool, patch_route_pays
 from maml_tune.core.inner import Forward, Params
-from maml_tune.core.nets import BatchStatNorm, ConvNet, batch_stat_norm
+from maml_tune.core.nets import IMAGE_NETWORKS, BatchStatNorm, ResidualBlock, batch_stat_norm
 
 
 def stack_params(params: Params, n_tasks: int) -> Params:
@@ -116,6 +116,8 @@ def _pool_before_activation(layers: list[tuple[str, nn.Module]]) -> list[tuple[s
     return ordered
 
 
+_PER_CHANNEL = (nn.ReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
+
 Layer = Callable[[Params, torch.Tensor, int, "int | None"], torch.Tensor]
 
 
@@ -127,9 +129,34 @@ def _layer(prefix: str, module: nn.Module) -> Layer:
         return lambda params, h, n_tasks, stat_rows: _conv(params, prefix, module, h, n_tasks)
     if isinstance(module, BatchStatNorm):
         return lambda params, h, n_tasks, stat_rows: _norm(params, prefix, module, h, stat_rows)
-    if isinstance(module, (nn.ReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.MaxPool2d)):
+    if isinstance(module, ResidualBlock):
+        return _residual(prefix, module)
+    # Per-channel maps and pools: a task's channels are its own in (N, T*C, H, W).
+    if isinstance(module, _PER_CHANNEL):
         return lambda params, h, n_tasks, stat_rows: module(h)
     raise TypeError(f"no batched rule for layer {prefix} ({type(module).__name__})")
+
+
+def _named(prefix: str, layers: nn.Sequential) -> list[tuple[str, nn.Module]]:
+    return [(f"{prefix}.{index}", module) for index, module in layers.named_children()]
+
+
+def _residual(prefix: str, block: ResidualBlock) -> Layer:
+    """A residual stage as one batched step: its main path plus its shortcut, then the rest."""
+    main = _plan(_named(f"{prefix}.main", block.main), fuse=False)
+    shortcut = _plan(_named(f"{prefix}.shortcut", block.shortcut), fuse=False)
+    after = _plan(_pool_before_activation(_named(f"{prefix}.after", block.after)), fuse=False)
+
+    def run(steps: list[Layer], params: Params, h: torch.Tensor, n_tasks: int, stat_rows: int | None):
+        for step in steps:
+            h = step(params, h, n_tasks, stat_rows)
+        return h
+
+    def residual(params: Params, h: torch.Tensor, n_tasks: int, stat_rows: int | None) -> torch.Tensor:
+        total = run(main, params, h, n_tasks, stat_rows) + run(shortcut, params, h, n_tasks, stat_rows)
+        return run(after, params, total, n_tasks, stat_rows)
+
+    return residual
 
 
 def _plan(layers: list[tuple[str, nn.Module]], fuse: bool) -> list[Layer]:
@@ -159,10 +186,9 @@ def make_batched_forward(net: nn.Module) -> Forward:
     Interprets the layers built by :mod:`maml_tune.core.nets` (it raises for any other
     module, so a new layer type cannot be silently mis-batched).
     """
-    layers = [(f"body.{index}", module) for index, module in net.body.named_children()]
-    layers = _pool_before_activation(layers)
+    layers = _pool_before_activation(_named("body", net.body))
     plain, fused = _plan(layers, fuse=False), _plan(layers, fuse=True)
-    is_conv = isinstance(net, ConvNet)
+    is_conv = isinstance(net, IMAGE_NETWORKS)
 
     def forward(params: Params, x: torch.Tensor, stat_rows: int | None = None) -> torch.Tensor:
         n_tasks, n = x.shape[0], x.shape[1]

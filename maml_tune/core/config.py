@@ -28,13 +28,31 @@ DOWNSAMPLES = {
     "pool_valid": "2x2 max-pool dropping partial windows, Finn et al.'s VALID (84 -> 42 -> 21 -> 10 -> 5)",
     "stride": "stride-2 convolutions, no pooling",
 }
-"""How a conv block halves its input (``arch.downsample``)."""
+"""How a conv block (or residual stage) halves its input (``arch.downsample``)."""
+
+KINDS = {
+    "mlp": "depth x (linear -> activation), linear head",
+    "conv": "blocks x (3x3 conv -> norm -> activation -> downsample), linear head (Finn et al.'s conv4)",
+    "resnet12": "ResNet-12: 4 residual stages of three 3x3 convs (widths channels x 1, 2.5, 5, 10), "
+    "global average pooling, linear head",
+}
+"""The networks (``arch.kind``)."""
+
+HEADS = {
+    "fixed": "one meta-learned row per output: a checkpoint serves only the N it was trained with",
+    "zero": "reset to zero before every task's inner loop (no meta-parameters): any N, "
+    "and adaptation is invariant to the order of the classes",
+    "shared": "one meta-learned row copied to every output before the inner loop (UnicornMAML): any N",
+}
+"""The output layer a task's inner loop starts from (``arch.head``)."""
 
 
 @dataclass(frozen=True)
 class ArchConfig:
-    """The network. ``mlp`` uses depth/width/activation; ``conv`` uses blocks/channels/norm/downsample
-    (one of :data:`DOWNSAMPLES`)."""
+    """The network, one of :data:`KINDS`. ``mlp`` uses depth/width/activation; ``conv`` uses
+    blocks/channels/norm/activation/downsample (one of :data:`DOWNSAMPLES`); ``resnet12`` uses
+    channels (its first stage's width), norm, activation and downsample, and always has four
+    stages (setting ``blocks`` is an error). ``head`` is one of :data:`HEADS`."""
 
     kind: str = "mlp"
     depth: int = 2
@@ -44,9 +62,11 @@ class ArchConfig:
     channels: int = 64
     norm: str = "batch"
     downsample: str = "pool"
+    head: str = "fixed"
 
     def __post_init__(self) -> None:
-        _choice("arch.kind", self.kind, ("mlp", "conv"))
+        _choice("arch.kind", self.kind, tuple(KINDS))
+        _choice("arch.head", self.head, tuple(HEADS))
         _choice("arch.activation", self.activation, ACTIVATIONS)
         _choice("arch.norm", self.norm, ("batch", "none"))
         _choice("arch.downsample", self.downsample, tuple(DOWNSAMPLES))
@@ -54,6 +74,15 @@ class ArchConfig:
         _at_least("arch.width", self.width, 1)
         _at_least("arch.blocks", self.blocks, 1)
         _at_least("arch.channels", self.channels, 1)
+        if self.kind == "resnet12" and self.blocks != ArchConfig.__dataclass_fields__["blocks"].default:
+            raise ConfigError("arch.blocks does not apply to arch.kind resnet12 (always 4 residual stages)")
+        if self.head == "zero" and self.kind == "mlp" and self.depth == 0:
+            raise ConfigError("arch.head zero with arch.depth 0 leaves no weights to meta-learn")
+
+    @property
+    def head_fits_any_outputs(self) -> bool:
+        """Whether a checkpoint serves any number of outputs (classes), not only its own."""
+        return self.head != "fixed"
 
     @property
     def pools(self) -> bool:

@@ -58,8 +58,16 @@ class MetaLearner(nn.Module):
         self.input_shape, self.output_size = tuple(input_shape), output_size
         self.net = build_network(arch, self.input_shape, output_size)
         self.algorithm = algorithm(algo.algorithm)
-        shapes = {name: p.shape for name, p in self.net.named_parameters()}
+        # Shapes of one output's head row where the head serves any N, so that learned
+        # inner rates (broadcast over the rows) do not depend on N either.
+        with torch.no_grad():
+            rows = 1 if arch.head_fits_any_outputs else output_size
+            shapes = {name: p.shape for name, p in self._task_weights(rows).items()}
         self.adapted_names = self.algorithm.adapted(list(shapes), HEAD_PREFIX)
+        if arch.head == "zero" and not any(name.startswith(HEAD_PREFIX) for name in self.adapted_names):
+            raise ConfigError(
+                f"arch.head zero needs an algorithm that adapts the head; {algo.algorithm} keeps it at zero"
+            )
         rate_shapes = {
             name: self.algorithm.learned_rate_shape(shapes[name], algo.inner_steps)
             for name in self.adapted_names
@@ -75,8 +83,34 @@ class MetaLearner(nn.Module):
         self.normalises = any(isinstance(m, BatchStatNorm) for m in self.net.modules())
 
     def weights(self) -> Params:
-        """θ: the network's meta-learned initial weights, by name."""
-        return dict(self.net.named_parameters())
+        """The weights every task's inner loop starts from, by name: θ (the network's
+        meta-parameters) with the head's rows for this learner's ``output_size``."""
+        return self._task_weights(self.output_size)
+
+    def _task_weights(self, n_outputs: int) -> Params:
+        params = dict(self.net.named_parameters())
+        like = next(iter(params.values()))
+        rows = self.net.head.task_rows(n_outputs, like)
+        return {**params, **{f"{HEAD_PREFIX}{name}": t for name, t in rows.items()}}
+
+    def resized(self, n_outputs: int) -> MetaLearner:
+        """This learner for ``n_outputs`` outputs (classes): itself when that is its own
+        ``output_size``; else, with a head that serves any number (``arch.head`` zero or
+        shared), a learner with the same meta-parameters; :class:`ConfigError` for a fixed head."""
+        if n_outputs == self.output_size:
+            return self
+        if not self.arch.head_fits_any_outputs:
+            raise ConfigError(
+                f"this model's head is fixed at {self.output_size} outputs (arch.head = fixed), "
+                f"so it cannot serve {n_outputs}; meta-train with arch.head = zero or shared "
+                "for a model that serves any number of classes"
+            )
+        if n_outputs < 1:
+            raise ConfigError(f"a learner needs at least one output, not {n_outputs}")
+        like = next(self.parameters())
+        other = MetaLearner(self.arch, self.algo, self.input_shape, n_outputs, self.kind)
+        other.to(like.device, like.dtype).load_state_dict(self.state_dict())
+        return other
 
     def inner_lrs(self) -> dict[str, torch.Tensor | float]:
         """The inner learning rate of each adapted parameter (fixed floats or learned tensors)."""

@@ -140,7 +140,7 @@ def train_and_test(
         torch.cuda.synchronize(device)  # the meta-test's time is the kernels', not their launch
     adaptation_time = (time.perf_counter() - test_started) / test.tasks
     between()
-    weights = dict(learner.net.named_parameters())
+    weights = learner.weights()
     n_adapted = sum(weights[name].numel() for name in learner.adapted_names)
     validation = training.validations[-1][1] if training.validations else None
     summary = RunSummary(

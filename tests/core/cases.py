@@ -78,6 +78,39 @@ PROBLEMS = {
         "query": 2,
         "inner_lr": 0.2,
     },
+    # ResNet-12 at widths 2-5-10-20 on 3x10x10 (10 -> 5 -> 3 -> 2 -> 1, partial pooling
+    # windows), the residual sums and global average pooling; 3-way as above.
+    "resnet12": {
+        "arch": ArchConfig(kind="resnet12", channels=2),
+        "input_shape": (3, 10, 10),
+        "output_size": 3,
+        "kind": "classification",
+        "tasks": 3,
+        "support": 2,
+        "query": 2,
+        "inner_lr": 0.1,
+    },
+    # The conv problem with heads that serve any N: reset to zero, and one shared row.
+    "conv_zero_head": {
+        "arch": ArchConfig(kind="conv", blocks=2, channels=9, head="zero"),
+        "input_shape": (1, 8, 8),
+        "output_size": 3,
+        "kind": "classification",
+        "tasks": 3,
+        "support": 2,
+        "query": 2,
+        "inner_lr": 0.2,
+    },
+    "conv_shared_head": {
+        "arch": ArchConfig(kind="conv", blocks=2, channels=9, head="shared"),
+        "input_shape": (1, 8, 8),
+        "output_size": 3,
+        "kind": "classification",
+        "tasks": 3,
+        "support": 2,
+        "query": 2,
+        "inner_lr": 0.2,
+    },
 }
 
 # Float32 fidelity (tests/core/test_float32_fidelity.py): the engine in float32 on realistic
@@ -181,9 +214,14 @@ def accumulate(learner: MetaLearner, batch: TaskBatch, strategy: str, step_weigh
     return learner.accumulate_meta_gradient(batch, name, step_weights, task_chunk=int(chunk or 0))
 
 
-def supports(case: str, strategy: str) -> bool:
-    """``checkpoint_inner`` is refused under ``vmap`` (a ConfigError, tested separately)."""
-    return not (strategy == "vmap" and CASES[case][0].get("checkpoint_inner", False))
+def supports(case: str, strategy: str, problem: str | None = None) -> bool:
+    """``checkpoint_inner`` is refused under ``vmap``, and a zero head under an algorithm that
+    does not adapt the head (BOIL), each with a ConfigError tested separately."""
+    overrides = CASES[case][0]
+    if strategy == "vmap" and overrides.get("checkpoint_inner", False):
+        return False
+    head = _ALL_PROBLEMS[problem]["arch"].head if problem else "fixed"
+    return not (head == "zero" and overrides["algorithm"] == "boil")
 
 
 def make_batch(

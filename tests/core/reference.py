@@ -49,6 +49,13 @@ def forward(
 ) -> torch.Tensor:
     """The network described by ``arch`` (an ``ArchConfig``) with weights ``params``; norms
     take the statistics of the first ``rows`` examples (all when ``None``)."""
+    return F.linear(features(arch, params, x, rows), params["head.weight"], params["head.bias"])
+
+
+def features(
+    arch, params: Mapping[str, torch.Tensor], x: torch.Tensor, rows: int | None = None
+) -> torch.Tensor:
+    """The inputs to the head: ``(N, F)``."""
     rows = x.shape[0] if rows is None else rows
     act = _ACT[arch.activation]
     if arch.kind == "mlp":
@@ -60,8 +67,10 @@ def forward(
                     h, params[f"body.{index}.weight"], params[f"body.{index}.bias"]
                 )
             )
-        return F.linear(h, params["head.weight"], params["head.bias"])
+        return h
 
+    if arch.kind == "resnet12":
+        return _resnet12(arch, params, x, rows, act)
     pool = arch.pools
     norm = arch.norm == "batch"
     per_block = 2 + int(norm) + int(pool)  # conv, [norm], activation, [pool]
@@ -82,13 +91,84 @@ def forward(
         h = act(h)
         if pool:
             h = F.max_pool2d(h, 2, ceil_mode=arch.pool_keeps_partial_windows)
-    return F.linear(
-        h.reshape(h.shape[0], -1), params["head.weight"], params["head.bias"]
-    )
+    return h.reshape(h.shape[0], -1)
+
+
+RESNET12_WIDTHS = (1.0, 2.5, 5.0, 10.0)  # ResNet-12's stages, as multiples of arch.channels
+
+
+def _resnet12(arch, params, x, rows: int, act) -> torch.Tensor:
+    """Four residual stages: act(main(h) + shortcut(h)), then a 2x2 max-pool (or the first
+    convs stride 2); main = conv3 [norm] act conv3 [norm] act conv3 [norm], shortcut = conv1
+    [norm]; then the mean over the image and the head. Names as in maml_tune.core.nets."""
+    norm = arch.norm == "batch"
+    stride = 1 if arch.pools else 2
+    h = x
+
+    def conv_norm(h, prefix: str, index: int, conv_stride: int, padding: int):
+        out = F.conv2d(
+            h, params[f"{prefix}.{index}.weight"], params[f"{prefix}.{index}.bias"],
+            stride=conv_stride, padding=padding,
+        )
+        if norm:
+            out = batch_stat_norm(
+                out, params[f"{prefix}.{index + 1}.weight"], params[f"{prefix}.{index + 1}.bias"], rows
+            )
+        return out
+
+    per_conv = 2 + int(norm)  # conv, [norm], activation
+    for stage in range(len(RESNET12_WIDTHS)):
+        main = f"body.{stage}.main"
+        out = act(conv_norm(h, main, 0, stride, 1))
+        out = act(conv_norm(out, main, per_conv, 1, 1))
+        out = conv_norm(out, main, 2 * per_conv, 1, 1)
+        h = act(out + conv_norm(h, f"body.{stage}.shortcut", 0, stride, 0))
+        if arch.pools:
+            h = F.max_pool2d(h, 2, ceil_mode=arch.pool_keeps_partial_windows)
+    return h.mean(dim=(2, 3))
+
+
+def _resnet12_names(arch) -> list[str]:
+    norm = arch.norm == "batch"
+    per_conv = 2 + int(norm)
+    names = []
+    for stage in range(len(RESNET12_WIDTHS)):
+        layers = [(f"body.{stage}.main", per_conv * i) for i in range(3)]
+        layers.append((f"body.{stage}.shortcut", 0))
+        for prefix, index in layers:
+            names += [f"{prefix}.{index}.weight", f"{prefix}.{index}.bias"]
+            if norm:
+                names += [f"{prefix}.{index + 1}.weight", f"{prefix}.{index + 1}.bias"]
+    return names
+
+
+def start_weights(arch, theta: Mapping[str, torch.Tensor], n_outputs: int, x: torch.Tensor) -> Tensors:
+    """The weights a task starts from: ``theta`` with the head of ``arch.head`` for
+    ``n_outputs`` outputs: its rows (fixed), its one row repeated (shared), or zeros (zero,
+    as wide as the features of ``x``)."""
+    head = getattr(arch, "head", "fixed")
+    if head == "fixed":
+        return dict(theta)
+    if head == "shared":
+        return {
+            **theta,
+            "head.weight": theta["head.weight"].repeat(n_outputs, 1),
+            "head.bias": theta["head.bias"].repeat(n_outputs),
+        }
+    width = features(arch, theta, x).shape[1]
+    zeros = {"dtype": x.dtype, "requires_grad": True}
+    return {
+        **theta,
+        "head.weight": torch.zeros(n_outputs, width, **zeros),
+        "head.bias": torch.zeros(n_outputs, **zeros),
+    }
 
 
 def parameter_names(arch) -> list[str]:
-    """The parameter names this reference reads, in no particular order."""
+    """The meta-parameter names this reference reads, in no particular order."""
+    head = [] if getattr(arch, "head", "fixed") == "zero" else ["head.weight", "head.bias"]
+    if arch.kind == "resnet12":
+        return _resnet12_names(arch) + head
     if arch.kind == "mlp":
         names = [
             f"body.{2 * i}.{w}" for i in range(arch.depth) for w in ("weight", "bias")
@@ -102,7 +182,7 @@ def parameter_names(arch) -> list[str]:
             names += [f"body.{index}.weight", f"body.{index}.bias"]
             if norm:
                 names += [f"body.{index + 1}.weight", f"body.{index + 1}.bias"]
-    return names + ["head.weight", "head.bias"]
+    return names + head
 
 
 def _lr_at(algorithm: str, lr, step: int):
@@ -150,12 +230,14 @@ def meta_gradient(
     theta = {
         name: w.detach().clone().requires_grad_(True) for name, w in weights.items()
     }
+    n_outputs = support_y.shape[-1] if kind == "regression" else int(support_y.max()) + 1
+    names = list(start_weights(arch, theta, n_outputs, support_x[0]))
     if algo.algorithm == "anil":
-        adapted = [name for name in theta if name.startswith("head.")]
+        adapted = [name for name in names if name.startswith("head.")]
     elif algo.algorithm == "boil":
-        adapted = [name for name in theta if not name.startswith("head.")]
+        adapted = [name for name in names if not name.startswith("head.")]
     else:
-        adapted = list(theta)
+        adapted = names
     learned = algo.algorithm in ("metasgd", "lslr")
     if learned:
         rates = {
@@ -167,10 +249,11 @@ def meta_gradient(
     task_losses, pulls = [], []
     for t in range(support_x.shape[0]):
         sx, sy, qx, qy = support_x[t], support_y[t], query_x[t], query_y[t]
-        fast = {name: theta[name] for name in adapted}
+        start = start_weights(arch, theta, n_outputs, sx)
+        fast = {name: start[name] for name in adapted}
         per_step = []
         for step in range(steps):
-            current = {**theta, **fast}
+            current = {**start, **fast}
             support_loss = loss_fn(forward(arch, current, sx), sy)
             grads = torch.autograd.grad(
                 support_loss,
@@ -182,17 +265,22 @@ def meta_gradient(
                 for name, g in zip(adapted, grads)
             }
             if step_weights is not None:
-                per_step.append(query_loss({**theta, **fast}, sx, qx, qy))
-        pulls.append({name: (theta[name] - fast[name]).detach() for name in adapted})
+                per_step.append(query_loss({**start, **fast}, sx, qx, qy))
+        # Reptile's pull on a meta-parameter: the sum over the rows it was copied to.
+        pulls.append({
+            name: (start[name] - fast[name]).detach().sum(0).reshape(theta[name].shape)
+            if start[name].shape != theta[name].shape else (theta[name] - fast[name]).detach()
+            for name in adapted if name in theta
+        })
         if step_weights is None:
-            task_losses.append(query_loss({**theta, **fast}, sx, qx, qy))
+            task_losses.append(query_loss({**start, **fast}, sx, qx, qy))
         else:
             task_losses.append(sum(w * loss for w, loss in zip(step_weights, per_step)))
     meta_loss = torch.stack(task_losses).mean()
     if algo.algorithm == "reptile":
         weight_grads = {
             name: torch.stack([pull[name] for pull in pulls]).mean(0)
-            if name in adapted
+            if name in pulls[0]
             else torch.zeros_like(w)
             for name, w in theta.items()
         }

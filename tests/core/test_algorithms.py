@@ -83,20 +83,23 @@ def _sinusoid_config(name: str):
     return Sinusoid().run_config({
         "algo.algorithm": name, "algo.inner_steps": 3, "algo.inner_lr": 0.02,
         "train.iterations": 300, "train.val_interval": 300, "train.val_tasks": 100, "train.meta_lr": 5e-3,
+        "train.grad_clip": 1.0,
     })
 
 
 @pytest.mark.parametrize("name", list(ALGORITHMS))
 def test_every_algorithm_meta_learns_sinusoids(name):
-    """300 iterations at least halve the post-adaptation loss of the initial weights (LSLR:
-    lower it by a tenth; its learned rates drift at this outer rate). Measured 2026-12-03:
-    3.6-3.7 → maml 0.62, fomaml 0.98, anil 0.66, boil 0.58, metasgd 1.39, reptile 1.19, lslr 3.20."""
+    """300 iterations at least halve the post-adaptation loss of the initial weights.
+
+    The meta-gradient is clipped at norm 1: unclipped, Meta-SGD's learned rates blew up at
+    this outer rate on one machine (1102 after 300 iterations) and not on another (1.39).
+    Measured 2026-12-04: 3.6-3.7 → maml 0.56, fomaml 0.99, anil 0.47, boil 0.62, metasgd 0.28,
+    reptile 1.19, lslr 0.30."""
     family, config = Sinusoid(), _sinusoid_config(name)
     initial = evaluate(build_learner(config, family, CPU), family, split="val", tasks=100, steps=3,
                        seed=config.train.val_seed, strategy="batched", device=CPU)
     trained = MetaTrainer(config, family, CPU).run().validations[-1][1]
-    factor = 0.9 if name == "lslr" else 0.5
-    assert trained.loss_after.mean < factor * initial.loss_after.mean, (initial, trained)
+    assert trained.loss_after.mean < 0.5 * initial.loss_after.mean, (initial, trained)
 
 
 @pytest.fixture(scope="module")
