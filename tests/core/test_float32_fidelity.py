@@ -16,6 +16,9 @@ Per case, over :data:`BATCHES` input batches:
   the batches, relative to the root of the summed squared reference norms) at most
   :data:`LOOP_FACTOR` times the loop's on the same inputs.
 
+A problem may set its own bounds (``rel_l2``, ``loop_factor``; ResNet-12's, with the
+measurements behind them, are in ``cases.py``).
+
 The batches are the first seeds at which the float64 meta-gradient is smooth at float32's
 resolution (``cases.kink``). At some inputs a ReLU or max-pool decision lies within rounding
 of its switching point; float32 and float64 then take different sides and the meta-
@@ -86,7 +89,10 @@ def measured(problem: str, images: str, case: str):
         learner = cases.make_learner(problem, case, seed=seed).float()
         batch = _batch(problem, images, seed)
         want = cases.reference_vector(learner, batch, step_weights)
-        jump = cases.kink(learner, batch, step_weights, want)
+        # A network without switching points (spec "smooth") needs no search for smooth seeds.
+        jump = 0.0 if cases.FLOAT32_PROBLEMS[problem].get("smooth") else cases.kink(
+            learner, batch, step_weights, want
+        )
         if jump > KINK:
             rough[seed] = jump
             continue
@@ -118,15 +124,17 @@ def test_float32_meta_gradient_is_as_accurate_as_the_loop(source, case):
     assert len(runs) == BATCHES, f"{problem}/{images}/{case}: {len(runs)} of {SEEDS} seeds smooth: {rough}"
     strategies = list(runs[0][1])
     errors = {strategy: _errors(runs, strategy) for strategy in strategies}
-    too_far = {s: per_batch for s, (per_batch, _) in errors.items() if max(per_batch) > REL_L2}
-    assert not too_far, f"{problem}/{images}/{case}: relative L2 error above {REL_L2}: {too_far}"
+    bound = cases.FLOAT32_PROBLEMS[problem].get("rel_l2", REL_L2)
+    too_far = {s: per_batch for s, (per_batch, _) in errors.items() if max(per_batch) > bound}
+    assert not too_far, f"{problem}/{images}/{case}: relative L2 error above {bound}: {too_far}"
     loop = errors["loop"][1]
+    factor = cases.FLOAT32_PROBLEMS[problem].get("loop_factor", LOOP_FACTOR)
     worse = {
         s: f"{overall:.2e} vs loop {loop:.2e}"
         for s, (_, overall) in errors.items()
-        if s != "loop" and overall > LOOP_FACTOR * loop
+        if s != "loop" and overall > factor * loop
     }
-    assert not worse, f"{problem}/{images}/{case}: more than {LOOP_FACTOR}x the loop's error: {worse}"
+    assert not worse, f"{problem}/{images}/{case}: more than {factor}x the loop's error: {worse}"
 
 
 def test_the_kink_detector_sees_a_switching_decision():
