@@ -85,7 +85,11 @@ def predict(
     ],
     support: Annotated[
         Path,
-        typer.Option("--support", help="Support folder: one sub-folder of images per class (any count)."),
+        typer.Option(
+            "--support",
+            help="Support folder: one sub-folder of images per class, any number of images "
+            "(any number of classes >= 2 with an arch.head zero or shared checkpoint).",
+        ),
     ],
     query: Annotated[Path, typer.Option("--query", help="Folder of query images (searched recursively).")],
     steps: Annotated[
@@ -115,11 +119,14 @@ def predict(
         )
     classes, support_files, labels = read_support_folder(support)
     n_way = learner.output_size
-    if len(classes) != n_way:
+    if len(classes) != n_way and not learner.any_way:
         raise ConfigError(
             f"the support folder {support} has {len(classes)} classes ({', '.join(classes)}) but "
-            f"the checkpoint is {n_way}-way: give exactly {n_way} class sub-folders"
+            f"the checkpoint's head is fixed at {n_way} classes (arch.head = fixed): give exactly "
+            f"{n_way} class sub-folders, or meta-train with arch.head = zero or shared for any number"
         )
+    if len(classes) < 2:
+        raise DataError(f"the support folder {support} has 1 class ({classes[0]}): give at least 2")
     if not query.exists():
         raise DataError(f"query folder {query} does not exist")
     query_files = [query] if query.is_file() else _images_in(query, recursive=True)
@@ -128,7 +135,7 @@ def predict(
 
     support_x = _preprocess(family, support_files, learner.input_shape).to(learner.device)
     query_x = _preprocess(family, query_files, learner.input_shape).to(learner.device)
-    adapted = learner.adapt(support_x, torch.tensor(labels, dtype=torch.long), steps)
+    adapted = learner.adapt(support_x, torch.tensor(labels, dtype=torch.long), steps, n_way=len(classes))
     scores = torch.softmax(adapted.predict(query_x, query_norm.value), dim=-1).cpu()
     results = []
     for file, row in zip(query_files, scores, strict=True):

@@ -188,6 +188,17 @@ def evaluate_command(
         str | None,
         typer.Option("--precision", help="fp32, bf16 or fp16 (default: the precision it was trained in)."),
     ] = None,
+    n_way: Annotated[
+        int | None,
+        typer.Option(
+            "--n-way", min=2,
+            help="Classes per test task (default: the trained N; another N needs arch.head zero or shared).",
+        ),
+    ] = None,
+    k_shot: Annotated[
+        int | None,
+        typer.Option("--k-shot", min=1, help="Support examples per class (default: the trained K)."),
+    ] = None,
     device: DeviceOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
@@ -199,18 +210,24 @@ def evaluate_command(
     torch_device = resolve_device(device)
     loaded = load_checkpoint(checkpoint, torch_device)
     config = loaded.config
-    if precision is not None:
-        config = config.override({"train.precision": precision})
+    overrides = {"train.precision": precision, "family.n_way": n_way, "family.k_shot": k_shot}
+    config = config.override({key: value for key, value in overrides.items() if value is not None})
     task_family = registry(ctx).family_of(config)
+    if n_way is not None:
+        loaded.learner.resized(n_way)  # a fixed head refuses another N before any data is read
     task_family.prepare()
+    learner = loaded.learner.resized(task_family.output_size)
     result = meta_test(
-        loaded.learner, config, task_family, torch_device, tasks=tasks, steps=steps, seed=seed,
+        learner, config, task_family, torch_device, tasks=tasks, steps=steps, seed=seed,
         query_norm=None if query_norm is None else query_norm.value,
     )
+    shape = {"n_way": n_way, "k_shot": k_shot}
+    shape = {key: value for key, value in shape.items() if value is not None}
     if as_json:
-        print_json({"family": config.family, "checkpoint": str(checkpoint), **result.to_dict()})
+        print_json({"family": config.family, "checkpoint": str(checkpoint), **shape, **result.to_dict()})
     else:
-        out.print(_results_table(f"{config.family}: meta-test of {checkpoint}", result))
+        told = "".join(f", {key.replace('_', '-')} {value}" for key, value in shape.items())
+        out.print(_results_table(f"{config.family}: meta-test of {checkpoint}{told}", result))
 
 
 def bench(

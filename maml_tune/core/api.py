@@ -67,24 +67,48 @@ class Learner:
             )
         return x
 
+    @property
+    def any_way(self) -> bool:
+        """Whether this learner classifies any number of classes (``arch.head`` zero or
+        shared), not only the N it was meta-trained with (:attr:`output_size`)."""
+        return self.kind == "classification" and self.config.arch.head_fits_any_outputs
+
     def adapt(
-        self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None
+        self,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        steps: int | None = None,
+        n_way: int | None = None,
     ) -> AdaptedModel:
-        """Adapt to one task's support set; ``steps`` defaults to the test-time inner steps."""
+        """Adapt to one task's support set (any number of examples per class); ``steps``
+        defaults to the test-time inner steps. ``n_way`` is the task's number of classes
+        (labels ``0 … n_way-1``): by default the learner's own N, or with an :attr:`any_way`
+        learner the largest label + 1. Another N than the trained one needs :attr:`any_way`."""
         x = self._inputs(support_x)
+        meta_learner = self.checkpoint.learner
         if self.kind == "classification":
             y = torch.as_tensor(support_y, dtype=torch.long, device=self.device)
-            if y.numel() and (y.min() < 0 or y.max() >= self.output_size):
-                raise ConfigError(
-                    f"support labels must be in [0, {self.output_size}) for this "
-                    f"{self.output_size}-way learner"
-                )
+            if y.shape != (len(x),):
+                raise ConfigError(f"support labels must have shape ({len(x)},), got {tuple(y.shape)}")
+            if n_way is None:
+                labelled = int(y.max()) + 1 if y.numel() else self.output_size
+                n_way = labelled if self.any_way else max(labelled, self.output_size)
+            if n_way < 2:
+                raise ConfigError(f"a classification task needs at least 2 classes, got {n_way}")
+            if y.numel() and (y.min() < 0 or y.max() >= n_way):
+                raise ConfigError(f"support labels must be in [0, {n_way}) for a {n_way}-way task")
+            meta_learner = meta_learner.resized(n_way)
         else:
             y = torch.as_tensor(support_y, dtype=torch.float32, device=self.device)
+            if y.numel() != len(x) * self.output_size:
+                raise ConfigError(
+                    f"support targets must hold {self.output_size} value(s) per input, "
+                    f"got shape {tuple(y.shape)}"
+                )
             y = y.reshape(len(x), self.output_size)
         steps = self.config.algo.eval_inner_steps if steps is None else steps
         with torch.no_grad():
-            params = self.checkpoint.learner.adapt(x, y, steps)
+            params = meta_learner.adapt(x, y, steps)
         return AdaptedModel(self, params, x)
 
 

@@ -44,7 +44,12 @@ HEADS = {
     "and adaptation is invariant to the order of the classes",
     "shared": "one meta-learned row copied to every output before the inner loop (UnicornMAML): any N",
 }
-"""The output layer a task's inner loop starts from (``arch.head``)."""
+"""The output layer a task's inner loop starts from (``arch.head``).
+
+Under softmax cross-entropy a shared row adds the same logit to every class, which cancels
+in every loss and gradient: for classification ``shared`` computes exactly what ``zero``
+does and its row gets no meta-gradient (tests/core/test_meta_gradient.py checks both). The
+two differ where outputs are not shift-invariant, as in regression."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,8 @@ class ArchConfig:
     """The network, one of :data:`KINDS`. ``mlp`` uses depth/width/activation; ``conv`` uses
     blocks/channels/norm/activation/downsample (one of :data:`DOWNSAMPLES`); ``resnet12`` uses
     channels (its first stage's width), norm, activation and downsample, and always has four
-    stages (setting ``blocks`` is an error). ``head`` is one of :data:`HEADS`."""
+    stages. Settings a kind does not use are ignored (so one search space can hold several
+    kinds). ``head`` is one of :data:`HEADS`."""
 
     kind: str = "mlp"
     depth: int = 2
@@ -74,8 +80,6 @@ class ArchConfig:
         _at_least("arch.width", self.width, 1)
         _at_least("arch.blocks", self.blocks, 1)
         _at_least("arch.channels", self.channels, 1)
-        if self.kind == "resnet12" and self.blocks != ArchConfig.__dataclass_fields__["blocks"].default:
-            raise ConfigError("arch.blocks does not apply to arch.kind resnet12 (always 4 residual stages)")
         if self.head == "zero" and self.kind == "mlp" and self.depth == 0:
             raise ConfigError("arch.head zero with arch.depth 0 leaves no weights to meta-learn")
 

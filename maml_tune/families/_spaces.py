@@ -38,7 +38,9 @@ _MLP: dict[str, dict[str, Any]] = {
 }
 
 _CONV: dict[str, dict[str, Any]] = {
-    "arch.blocks": {"type": "int", "low": 2, "high": 4},
+    # ResNet-12's channels are its first stage's width (x1, x2.5, x5, x10 after it).
+    "arch.kind": {"type": "categorical", "choices": ["conv", "resnet12"]},
+    "arch.blocks": {"type": "int", "low": 2, "high": 4, "when": {"arch.kind": "conv"}},
     "arch.channels": {"type": "categorical", "choices": [16, 32, 64]},
     "train.meta_batch": {"type": "int", "low": 4, "high": 32, "log": True},
 }

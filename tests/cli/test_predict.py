@@ -9,10 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from maml_tune.cli.main import app
+from maml_tune.errors import MamlTuneError
+
+THRESHOLD = {3: 3, 20: 18}  # queries classified correctly, of 3 and of 20
 
 # A tiny image family with a preprocess(images) like Omniglot's: each class of a task is a
 # random 8x8 binary glyph, each example a noisy copy of it.
@@ -194,7 +198,83 @@ def test_predict_refuses_a_support_set_with_another_number_of_classes(glyphs, tm
     support, query = support_and_query(tmp_path, classes=("bar", "box"), shots=(1, 1))
     result = invoke("predict", str(glyphs), "--support", str(support), "--query", str(query))
     assert result.exit_code == 2
-    assert "has 2 classes (bar, box) but the checkpoint is 3-way" in result.stderr
+    assert "has 2 classes (bar, box) but the checkpoint's head is fixed at 3 classes" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module", params=["zero", "shared"])
+def any_way_glyphs(request, tmp_path_factory):
+    """A glyphs checkpoint (trained 3-way) whose head serves any number of classes."""
+    root = tmp_path_factory.mktemp(f"glyphs-{request.param}")
+    (root / "plugins").mkdir()
+    (root / "plugins" / "glyphs.py").write_text(GLYPHS)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MAML_TUNE_PLUGINS_DIR", str(root / "plugins"))
+        mp.delenv("MAML_TUNE_LOAD_PLUGINS", raising=False)
+        result = invoke(
+            "train", "--family", "glyphs", "--iterations", "5", "--set", "train.val_interval=5",
+            "--set", "train.val_tasks=5", "--set", "eval_tasks=5", "--set", f"arch.head={request.param}",
+            "--device", "cpu", "--out", str(root / "checkpoint"),
+        )
+        assert result.exit_code == 0, result.output
+        yield root / "checkpoint"
+
+
+def random_glyphs(count: int, seed: int) -> dict[str, np.ndarray]:
+    """``count`` distinct random 8x8 binary glyphs, named ``g00`` …"""
+    rng = np.random.default_rng(seed)
+    return {f"g{i:02d}": (rng.random((8, 8)) > 0.5).astype(float) for i in range(count)}
+
+
+@pytest.mark.parametrize("n_classes", [3, 20])
+def test_an_any_way_checkpoint_classifies_support_folders_of_any_size(any_way_glyphs, tmp_path, n_classes):
+    """Trained 3-way 2-shot, a zero- or shared-head checkpoint takes a support folder of 3
+    classes of 1 image or of 20 classes of 3 images, and scores every query image over
+    exactly those classes."""
+    patterns = random_glyphs(n_classes, seed=n_classes)
+    shots = 1 if n_classes == 3 else 3
+    for index, (name, pattern) in enumerate(patterns.items()):
+        for shot in range(shots):
+            save_glyph(tmp_path / "support" / name / f"{shot}.png", pattern, seed=10 * index + shot)
+        save_glyph(tmp_path / "query" / f"q_{name}.png", pattern, seed=1000 + index)
+    result = invoke("predict", str(any_way_glyphs), "--support", str(tmp_path / "support"),
+                    "--query", str(tmp_path / "query"), "--steps", "25", "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == n_classes
+    for row in rows:
+        assert set(row["scores"]) == set(patterns)
+        assert abs(sum(row["scores"].values()) - 1) < 1e-4
+    correct = sum(row["predicted"] == row["file"][2:-4] for row in rows)
+    assert correct >= THRESHOLD[n_classes], (correct, n_classes)
+
+
+def test_evaluate_takes_another_n_way_and_k_shot_only_with_an_any_way_head(any_way_glyphs, glyphs):
+    result = invoke("evaluate", str(any_way_glyphs), "--n-way", "7", "--k-shot", "3", "--tasks", "20",
+                    "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    measured = json.loads(result.stdout)
+    assert (measured["n_way"], measured["k_shot"], measured["tasks"]) == (7, 3, 20)
+    assert 0 <= measured["accuracy_after"] <= 1
+    assert measured["accuracy_before"] == pytest.approx(1 / 7, abs=0.05)
+    refused = invoke("evaluate", str(glyphs), "--n-way", "7", "--device", "cpu")
+    assert refused.exit_code == 2
+    assert "fixed at 3 outputs (arch.head = fixed)" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_the_python_api_adapts_an_any_way_learner_to_the_labels_it_is_given(any_way_glyphs, glyphs):
+    from maml_tune import load_learner
+
+    patterns = list(random_glyphs(5, seed=3).values())
+    x = torch.tensor(np.stack(patterns), dtype=torch.float32).unsqueeze(1)
+    learner = load_learner(any_way_glyphs)
+    assert learner.any_way and learner.output_size == 3
+    model = learner.adapt(x, torch.arange(5), steps=10)
+    assert model.predict(x).shape == (5, 5)
+    assert model.predict_classes(x).tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(MamlTuneError, match="fixed at 3 outputs"):
+        load_learner(glyphs).adapt(x, torch.arange(5))
 
 
 def test_predict_reports_unusable_folders(glyphs, tmp_path):

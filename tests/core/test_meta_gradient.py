@@ -378,3 +378,30 @@ def test_fused_blocks_have_the_modules_first_and_second_derivatives(arch, in_cha
     for got, want in zip(batched, plain, strict=True):
         for name, g, w in zip(names, got, want, strict=True):
             torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("case", ["maml-3step", "metasgd", "anil", "maml-support_norm"])
+def test_a_shared_head_is_the_zero_head_under_cross_entropy(case):
+    """Softmax is blind to a logit added to every class, so a classifier's shared row changes
+    nothing: the same meta-loss and body meta-gradient as the zero head, none for the row."""
+    shared, zero = make_learner("conv_shared_head", case), make_learner("conv_zero_head", case)
+    batch = make_batch("conv_shared_head")
+    losses = [cases.accumulate(learner, batch, "batched") for learner in (shared, zero)]
+    assert losses[0].item() == pytest.approx(losses[1].item(), rel=1e-12)
+    assert max(p.grad.abs().max().item() for p in shared.net.head.parameters()) <= ZERO_TOL
+    for (name, a), (_, b) in zip(shared.net.body.named_parameters(), zero.net.body.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("problem", ["conv_zero_head", "conv"])
+def test_a_zero_head_makes_adaptation_blind_to_the_order_of_the_classes(problem):
+    """Relabelling a task's classes leaves a zero-head learner's query loss unchanged; a
+    fixed head's meta-learned rows are tied to label positions, so its loss changes."""
+    learner, batch = make_learner(problem, "maml-3step"), make_batch(problem)
+    order = torch.tensor([2, 0, 1])
+    relabelled = type(batch)(batch.support_x, order[batch.support_y], batch.query_x, order[batch.query_y])
+    before, after = (learner.outcome(b, 3, "batched").loss_after for b in (batch, relabelled))
+    if learner.arch.head == "zero":
+        torch.testing.assert_close(before, after, rtol=1e-10, atol=1e-12)
+    else:
+        assert (before - after).abs().max().item() > 1e-3

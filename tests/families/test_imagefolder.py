@@ -244,3 +244,26 @@ class TestImageFolderConformance(TaskFamilyConformance):
 
     def make_family(self) -> ImageFolder:
         return ImageFolder(self.options)
+
+
+def test_a_short_resnet12_run_on_an_image_folder_learns(folders, tmp_path):
+    """ResNet-12 (widths 8-20-40-80) meta-trained 20 iterations on the flat RGB fixture,
+    second order: the query loss after adaptation on 20 meta-validation tasks falls by a
+    quarter at least (measured 2026-12-04: 1.51 -> 0.64)."""
+    from maml_tune.core.evaluation import evaluate
+    from maml_tune.core.trainer import MetaTrainer, build_learner
+
+    fam = family(folders["flat"], tmp_path)
+    fam.prepare()
+    config = fam.run_config({
+        "arch.kind": "resnet12", "arch.channels": 8, "algo.inner_lr": 0.1,
+        "train.meta_batch": 4, "train.iterations": 20, "train.val_interval": 20, "train.val_tasks": 20,
+        "train.seed": 0,
+    })
+    assert config.arch.kind == "resnet12" and not config.algo.is_first_order
+    initial = evaluate(
+        build_learner(config, fam, CPU), fam, split="val", tasks=20, steps=config.algo.inner_steps,
+        seed=config.train.val_seed, strategy="batched", device=CPU,
+    )
+    trained = MetaTrainer(config, fam, CPU).run().validations[-1][1]
+    assert trained.loss_after.mean < 0.75 * initial.loss_after.mean, (initial, trained)

@@ -60,9 +60,10 @@ def choose(arch, device: torch.device, algo=None, requested: str = AUTO, task_ch
             f"auto: {arch.kind} on {where}: tasks vectorised with torch.func.vmap "
             "(one kernel per op for all tasks; loop and batched are the alternatives)"
         ))
+    fused = " with fused conv-norm-pool blocks" if arch.kind == "conv" and arch.pools else ""
     return Choice(STRATEGIES["batched"], task_chunk or 1, (
-        f"auto: conv on {where}: batched, one task per pass, channels-last with fused "
-        "conv-norm-pool blocks (measured fastest at less than the per-task loop's memory; "
+        f"auto: {arch.kind} on {where}: batched, one task per pass, channels-last{fused} "
+        "(measured fastest at less than the per-task loop's memory; "
         "vmap is slower and memory-hungry)"
     ))
 
