@@ -95,6 +95,27 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def progress_format(ctx: typer.Context) -> str:
+    """How this invocation reports progress: ``rich``, ``text``, ``json`` or ``quiet``
+    (``--quiet``, ``--log-format``; see :mod:`maml_tune.cli._logs`)."""
+    from maml_tune.cli._logs import LogFormat, resolve_format
+
+    options = ctx.find_root().obj or {}
+    if options.get("quiet"):
+        return "quiet"
+    return resolve_format(options.get("log_format", LogFormat.auto), err.file).value
+
+
+def progress_log(ctx: typer.Context):
+    """The :class:`~maml_tune.cli._logs.ProgressLog` of a ``text`` or ``json`` invocation."""
+    from maml_tune.cli._logs import STEADY_SECONDS, ProgressLog
+
+    options = ctx.find_root().obj or {}
+    return ProgressLog(
+        err.file, as_json=progress_format(ctx) == "json", interval=options.get("log_interval", STEADY_SECONDS)
+    )
+
+
 def registry(ctx: typer.Context):
     """The family registry for this invocation (honours ``--plugins-dir``)."""
     from maml_tune.families.registry import Registry

@@ -14,6 +14,7 @@ from typer.exceptions import TyperException
 
 from maml_tune import __version__
 from maml_tune.cli._common import err
+from maml_tune.cli._logs import STEADY_SECONDS, LogFormat
 from maml_tune.errors import MamlTuneError
 
 
@@ -76,18 +77,46 @@ def root(
     plugins_dir: Annotated[
         str | None,
         typer.Option(
-            "--plugins-dir", envvar="MAML_TUNE_PLUGINS_DIR",
+            "--plugins-dir",
+            envvar="MAML_TUNE_PLUGINS_DIR",
             help="Folder of local task-family plugins (*.py). Default: ./plugins",
         ),
     ] = None,
     debug: Annotated[
         bool, typer.Option("--debug", envvar="MAML_TUNE_DEBUG", help="Show tracebacks for errors.")
     ] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            envvar="MAML_TUNE_LOG_FORMAT",
+            help="Progress as a live view (rich), timestamped lines (text) or JSON lines (json); "
+            "auto: rich on a terminal, else text.",
+        ),
+    ] = LogFormat.auto,
+    log_interval: Annotated[
+        float,
+        typer.Option(
+            "--log-interval",
+            envvar="MAML_TUNE_LOG_INTERVAL",
+            min=0.0,
+            help="Seconds at least between repeated progress lines of --log-format text|json.",
+        ),
+    ] = STEADY_SECONDS,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", envvar="MAML_TUNE_QUIET", help="No progress; results and errors only.")
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
 ) -> None:
-    ctx.obj = {"plugins_dir": plugins_dir, "debug": debug}
+    ctx.obj = {
+        "plugins_dir": plugins_dir,
+        "debug": debug,
+        "log_format": log_format,
+        "quiet": quiet,
+        "log_interval": log_interval,
+    }
     if plugins_dir:  # worker processes started by this command inherit the choice
         os.environ["MAML_TUNE_PLUGINS_DIR"] = plugins_dir
 

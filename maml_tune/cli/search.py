@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +22,8 @@ from maml_tune.cli._common import (
     out,
     parse_sets,
     print_json,
+    progress_format,
+    progress_log,
     registry,
 )
 from maml_tune.search.events import (
@@ -137,6 +141,115 @@ class _Display:
         return self.workers[worker]
 
 
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{name}={fmt(value) if isinstance(value, float) else value}" for name, value in params.items()
+    )
+
+
+class _LogDisplay:
+    """The runner's events as :class:`~maml_tune.cli._logs.ProgressLog` lines: the study, every
+    trial's start and end (state, values, parameters, reason), steady meta-training progress."""
+
+    def __init__(self, log):
+        self.log = log
+        self.params: dict[int, dict[str, Any]] = {}
+        self.metrics: list[str] = []
+
+    def __call__(self, event: Event) -> None:
+        log = self.log
+        if isinstance(event, StudyOpened):
+            self.metrics = list(event.metrics)
+            verb = "created" if event.created else f"resumed with {event.existing} trials"
+            log.event(
+                "study",
+                f"{event.study} in {event.storage}: {verb}; target {event.n_trials} trials, "
+                f"{event.workers} worker(s) on {event.device}",
+                study=event.study,
+                storage=event.storage,
+                created=event.created,
+                existing=event.existing,
+                n_trials=event.n_trials,
+                workers=event.workers,
+                device=event.device,
+                recovered=event.recovered,
+                baseline=event.baseline is not None,
+            )
+        elif isinstance(event, TrialStarted):
+            self.params[event.trial] = event.params
+            log.forget(f"trial {event.trial}")
+            log.event(
+                "trial.start",
+                f"trial {event.trial} (worker {event.worker}): {_params_text(event.params)}",
+                trial=event.trial,
+                worker=event.worker,
+                params=event.params,
+            )
+        elif isinstance(event, IterationDone):
+            log.steady(
+                f"trial {event.trial}",
+                event.iteration,
+                event.iterations,
+                "trial.progress",
+                f"trial {event.trial}: iteration {event.iteration}/{event.iterations}, "
+                f"meta-loss {event.meta_loss:.4g}",
+                trial=event.trial,
+                worker=event.worker,
+                iteration=event.iteration,
+                iterations=event.iterations,
+                meta_loss=event.meta_loss,
+            )
+        elif isinstance(event, TrialEnded):
+            names = (
+                self.metrics
+                if len(self.metrics) == len(event.values or ())
+                else ["value"] * len(event.values or ())
+            )
+            values = "".join(f" {name} {fmt(v)}" for name, v in zip(names, event.values or ()))
+            reason = f" ({event.reason})" if event.reason else ""
+            baseline = " [baseline]" if event.baseline else ""
+            params = self.params.pop(event.trial, {})
+            log.event(
+                "trial.end",
+                f"trial {event.trial}{baseline} {event.state.lower()}{values}{reason}; "
+                f"{_params_text(params)}",
+                trial=event.trial,
+                worker=event.worker,
+                state=event.state,
+                values=event.values,
+                reason=event.reason,
+                baseline=event.baseline,
+                params=params,
+            )
+        elif isinstance(event, StorageFailed):
+            log.event(
+                "storage.retry",
+                f"worker {event.worker}: study database error, retrying: {event.message}",
+                worker=event.worker,
+                message=event.message,
+            )
+        elif isinstance(event, WorkerFailed):
+            log.event(
+                "worker.stopped",
+                f"worker {event.worker} stopped: {event.message}",
+                worker=event.worker,
+                message=event.message,
+            )
+
+
+@contextmanager
+def search_display(ctx: typer.Context) -> Iterator[Any]:
+    """The event consumer for this invocation's progress format (live view, log lines or none)."""
+    chosen = progress_format(ctx)
+    if chosen == "rich":
+        with live_progress(_make_progress()) as progress:
+            yield _Display(progress)
+    elif chosen == "quiet":
+        yield lambda event: None
+    else:
+        yield _LogDisplay(progress_log(ctx))
+
+
 def _make_progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -230,9 +343,8 @@ def search(
     try:
         with (
             interrupt.handling(hard_exit=True, message=INTERRUPTED_AGAIN),
-            live_progress(_make_progress()) as progress,
+            search_display(ctx) as display,
         ):
-            display = _Display(progress)
             result = run_search(loaded, options, display)
     except KeyboardInterrupt:
         err.print(f"[red]interrupted:[/red] {INTERRUPTED}", markup=True, highlight=False)

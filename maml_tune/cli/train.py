@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +24,8 @@ from maml_tune.cli._common import (
     out,
     parse_sets,
     print_json,
+    progress_format,
+    progress_log,
     query_norm_option,
     registry,
 )
@@ -36,8 +40,11 @@ def _progress_callback(progress: Progress):
 
         def on_iteration(self, report) -> None:
             progress.update(
-                self.task, completed=report.iteration, total=report.iterations,
-                loss=f"{report.meta_loss:.4g}", rate=f"{report.tasks_per_sec:,.0f}",
+                self.task,
+                completed=report.iteration,
+                total=report.iterations,
+                loss=f"{report.meta_loss:.4g}",
+                rate=f"{report.tasks_per_sec:,.0f}",
             )
 
         def on_validation(self, iteration, result) -> None:
@@ -60,6 +67,60 @@ def _family_prepare_progress(progress: Progress):
     return report
 
 
+class _LogCallback:
+    """Meta-training progress as :class:`~maml_tune.cli._logs.ProgressLog` lines."""
+
+    def __init__(self, log):
+        self.log = log
+        self.iterations: int | None = None
+
+    def on_iteration(self, report) -> None:
+        self.iterations = report.iterations
+        self.log.steady(
+            "train",
+            report.iteration,
+            report.iterations,
+            "train",
+            f"iteration {report.iteration}/{report.iterations}, meta-loss {report.meta_loss:.4g}, "
+            f"{report.tasks_per_sec:,.0f} tasks/s",
+            iteration=report.iteration,
+            iterations=report.iterations,
+            meta_loss=report.meta_loss,
+            tasks_per_sec=report.tasks_per_sec,
+        )
+
+    def on_validation(self, iteration, result) -> None:
+        text = f"iteration {iteration}: val loss {result.loss_after.mean:.4g}"
+        if result.accuracy_after is not None:
+            text += f", accuracy {result.accuracy_after.mean:.3f}"
+        fields = {"iteration": iteration, **result.to_dict()}
+        self.log.steady("validation", iteration, self.iterations, "validation", text, **fields)
+
+
+def _log_prepare(log):
+    def report(done: int, total: int, what: str) -> None:
+        log.steady(
+            "prepare", done, total, "prepare", f"{what}: {done}/{total}", what=what, done=done, total=total
+        )
+
+    return report
+
+
+@contextmanager
+def training_progress(ctx: typer.Context) -> Iterator[tuple]:
+    """(the family's prepare-progress callback, the trainer callbacks) for this invocation's
+    progress format: a rich live view, log lines, or nothing."""
+    chosen = progress_format(ctx)
+    if chosen == "rich":
+        with live_progress(_make_progress()) as progress:
+            yield _family_prepare_progress(progress), [_progress_callback(progress)]
+    elif chosen == "quiet":
+        yield None, []
+    else:
+        log = progress_log(ctx)
+        yield _log_prepare(log), [_LogCallback(log)]
+
+
 def _make_progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -80,12 +141,14 @@ def _results_table(title: str, result) -> Table:
     table.add_column("before adaptation", justify="right")
     table.add_column("after adaptation", justify="right")
     table.add_row(
-        "query loss", fmt(result.loss_before.mean, result.loss_before.ci95),
+        "query loss",
+        fmt(result.loss_before.mean, result.loss_before.ci95),
         fmt(result.loss_after.mean, result.loss_after.ci95),
     )
     if result.accuracy_after is not None:
         table.add_row(
-            "accuracy", fmt(result.accuracy_before.mean, result.accuracy_before.ci95),
+            "accuracy",
+            fmt(result.accuracy_before.mean, result.accuracy_before.ci95),
             fmt(result.accuracy_after.mean, result.accuracy_after.ci95),
         )
     steps = f"{result.steps} inner step{'' if result.steps == 1 else 's'}"
@@ -119,9 +182,7 @@ def train(
     ] = "best",
     storage: Annotated[
         str | None,
-        typer.Option(
-            "--storage", envvar="MAML_TUNE_STORAGE", help="Study database (with --from-study)."
-        ),
+        typer.Option("--storage", envvar="MAML_TUNE_STORAGE", help="Study database (with --from-study)."),
     ] = None,
 ) -> None:
     """Meta-train one configuration and write its checkpoint directory."""
@@ -153,9 +214,9 @@ def train(
     torch_device = resolve_device(device)
     task_family, config = registry(ctx).configure(family_name or "sinusoid", settings)
     target = out_dir or Path("runs") / f"{task_family.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    with live_progress(_make_progress()) as progress:
-        task_family.prepare(_family_prepare_progress(progress))
-        run = train_and_test(config, task_family, torch_device, [_progress_callback(progress)])
+    with training_progress(ctx) as (prepare_progress, callbacks):
+        task_family.prepare(prepare_progress)
+        run = train_and_test(config, task_family, torch_device, callbacks)
     save_checkpoint(target, run.learner, config, run.summary)
     summary = run.summary
     out.print(_results_table(f"{task_family.name}: meta-test", run.test))
@@ -174,9 +235,7 @@ def evaluate_command(
     ] = None,
     steps: Annotated[
         int | None,
-        typer.Option(
-            "--steps", min=0, help="Inner steps (default: the config's test-time steps)."
-        ),
+        typer.Option("--steps", min=0, help="Inner steps (default: the config's test-time steps)."),
     ] = None,
     seed: Annotated[
         int | None, typer.Option("--seed", help="Seed of the test tasks (default: the config's).")
@@ -191,7 +250,8 @@ def evaluate_command(
     n_way: Annotated[
         int | None,
         typer.Option(
-            "--n-way", min=2,
+            "--n-way",
+            min=2,
             help="Classes per test task (default: the trained N; another N needs arch.head zero or shared).",
         ),
     ] = None,
@@ -218,7 +278,13 @@ def evaluate_command(
     task_family.prepare()
     learner = loaded.learner.resized(task_family.output_size)
     result = meta_test(
-        learner, config, task_family, torch_device, tasks=tasks, steps=steps, seed=seed,
+        learner,
+        config,
+        task_family,
+        torch_device,
+        tasks=tasks,
+        steps=steps,
+        seed=seed,
         query_norm=None if query_norm is None else query_norm.value,
     )
     shape = {"n_way": n_way, "k_shot": k_shot}
@@ -239,15 +305,11 @@ def bench(
     first_order: Annotated[bool, typer.Option("--first-order", help="First-order MAML.")] = False,
     strategy: Annotated[
         str | None,
-        typer.Option(
-            "--strategy", help="auto, vmap, loop or batched (default: the config's, auto)."
-        ),
+        typer.Option("--strategy", help="auto, vmap, loop or batched (default: the config's, auto)."),
     ] = None,
     task_chunk: Annotated[
         int | None,
-        typer.Option(
-            "--task-chunk", min=0, help="Tasks back-propagated at once by vmap/batched (0: all)."
-        ),
+        typer.Option("--task-chunk", min=0, help="Tasks back-propagated at once by vmap/batched (0: all)."),
     ] = None,
     precision: Annotated[
         str | None, typer.Option("--precision", help="fp32, bf16 or fp16 (autocast forward passes).")
@@ -282,14 +344,27 @@ def bench(
     result = measure_throughput(config, task_family, torch_device, seconds)
     requested = config.train.strategy
     if as_json:
-        print_json({
-            "family": family, "requested_strategy": requested, "strategy_reason": reason,
-            **result.to_dict(),
-        })
+        print_json(
+            {
+                "family": family,
+                "requested_strategy": requested,
+                "strategy_reason": reason,
+                **result.to_dict(),
+            }
+        )
         return
     table = Table(title=f"maml-tune bench: {family}")
-    columns = ("strategy", "device", "precision", "meta-batch", "task chunk", "inner steps",
-               "order", "tasks/s", "peak RSS MiB")
+    columns = (
+        "strategy",
+        "device",
+        "precision",
+        "meta-batch",
+        "task chunk",
+        "inner steps",
+        "order",
+        "tasks/s",
+        "peak RSS MiB",
+    )
     if result.peak_gpu_mb is not None:
         columns += ("peak GPU MiB",)
     for column in columns:
@@ -298,10 +373,15 @@ def bench(
     if result.second_order_steps is not None and not result.first_order:
         order += f" (last {result.second_order_steps})"
     row = [
-        f"{result.strategy}{' (auto)' if requested == 'auto' else ''}", result.device,
-        result.precision, str(result.meta_batch), str(result.task_chunk or "all"),
-        str(result.inner_steps) + (" ckpt" if result.checkpoint_inner else ""), order,
-        f"{result.tasks_per_sec:,.0f}", f"{result.peak_rss_mb:,.0f}",
+        f"{result.strategy}{' (auto)' if requested == 'auto' else ''}",
+        result.device,
+        result.precision,
+        str(result.meta_batch),
+        str(result.task_chunk or "all"),
+        str(result.inner_steps) + (" ckpt" if result.checkpoint_inner else ""),
+        order,
+        f"{result.tasks_per_sec:,.0f}",
+        f"{result.peak_rss_mb:,.0f}",
     ]
     if result.peak_gpu_mb is not None:
         row.append(f"{result.peak_gpu_mb:,.0f}")

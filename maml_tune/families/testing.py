@@ -137,7 +137,7 @@ def check_learns(family: TaskFamily) -> None:
     """A few meta-iterations improve adaptation: a lower post-adaptation validation loss
     (or, for classification, a higher post-adaptation validation accuracy).
 
-    Conv nets are narrowed to :data:`LEARN_CONV_CHANNELS` channels so the check stays quick
+    Conv nets (and ResNet-12) are narrowed to :data:`LEARN_CONV_CHANNELS` channels so the check stays quick
     on a CPU: it tests that the family's tasks are learnable, not the architecture.
     """
     overrides = {
@@ -146,7 +146,7 @@ def check_learns(family: TaskFamily) -> None:
         "train.val_interval": LEARN_ITERATIONS,
         "train.val_tasks": LEARN_EVAL_TASKS,
     }
-    if family.run_config().arch.kind == "conv":
+    if family.run_config().arch.kind in ("conv", "resnet12"):
         overrides["arch.channels"] = min(family.run_config().arch.channels, LEARN_CONV_CHANNELS)
     config = family.run_config(overrides)
     trainer = MetaTrainer(config, family, CPU)
