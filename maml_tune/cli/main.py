@@ -9,13 +9,22 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 from typer._click.exceptions import NoArgsIsHelpError
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 from typer.exceptions import TyperException
 
 from maml_tune import __version__
 from maml_tune.cli._common import err
 from maml_tune.cli._logs import STEADY_SECONDS, LogFormat
 from maml_tune.errors import MamlTuneError
+
+
+def _flag_type(self: TyperOption, ctx) -> str | None:
+    # Typer 0.29 labels every flag "<bool>" in help (``--debug <bool>``), as if it took a value.
+    return None if self.is_flag else _option_type(self, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type
 
 
 class _Group(TyperGroup):

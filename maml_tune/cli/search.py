@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -52,6 +54,9 @@ StudyNameOption = Annotated[
 ]
 
 
+RETRAIN_ITERATIONS = 20000
+"""The retraining length the closing hint (and the README's quick start) suggests."""
+
 INTERRUPTED = (
     "stopped by the user (SIGINT); running trials were marked failed and re-queued: "
     "run the same command again to resume the study"
@@ -76,7 +81,7 @@ class _Display:
             self.multi = len(event.directions) > 1
             verb = "created" if event.created else f"resumed ({event.existing} trials so far)"
             err.print(
-                f"study [bold]{event.study}[/bold] in {event.storage}: {verb}; "
+                f"study [bold]{escape(event.study)}[/bold] in {escape(event.storage)}: {verb}; "
                 f"target {event.n_trials} trials, {event.workers} worker(s)",
                 markup=True,
             )
@@ -352,10 +357,23 @@ def search(
     if as_json:
         print_json(result.to_dict())
         return
-    _print_result(result)
+    _print_result(result, storage)
 
 
-def _print_result(result) -> None:
+def next_commands(study: str, storage: str | None) -> str:
+    """The commands to look at and retrain a study's best trial, with its ``--storage`` when
+    one was given (password masked; names quoted for the shell)."""
+    from maml_tune.search.storage import mask_url
+
+    where = "" if storage is None else f" --storage {shlex.quote(mask_url(storage))}"
+    name = shlex.quote(study)
+    return (
+        f"see: maml-tune best {name}{where}   |   retrain: maml-tune train --from-study {name}{where} "
+        f"--trial best --iterations {RETRAIN_ITERATIONS}"
+    )
+
+
+def _print_result(result, storage: str | None) -> None:
     s = result.summary
     c = s["counts"]
     table = Table(title=f"study {result.study}", show_header=False)
@@ -384,10 +402,7 @@ def _print_result(result) -> None:
     out.print(table)
     for message in result.worker_errors:
         err.print(f"[yellow]warning:[/yellow] {message}")
-    out.print(
-        f"see: maml-tune best {result.study}   |   retrain: maml-tune train --from-study {result.study} "
-        f"--iterations 10000"
-    )
+    out.print(next_commands(result.study, storage), markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -190,15 +191,24 @@ def train(
     from maml_tune.core.config import family_settings
     from maml_tune.core.device import resolve_device
     from maml_tune.core.run import train_and_test
+    from maml_tune.search.storage import mask_url, storage_url
 
     settings: dict = {}
     family_name = family
     if from_study is not None:
         from maml_tune.search.results import trial_config
 
-        trial_run = trial_config(storage, from_study, trial)
-        family_name = trial_run.family
-        settings.update(trial_run.settings())
+        source = trial_config(storage, from_study, trial)
+        family_name = source.config.family
+        settings.update(source.config.settings())
+        values = ", ".join(fmt(v) for v in source.values or ()) or "no value"
+        params = ", ".join(f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in source.params.items())
+        err.print(
+            f"retraining trial {source.trial} of study {source.study} ({values}): "
+            f"{params or 'no sampled parameters'}",
+            markup=False,
+            highlight=False,
+        )
     if spec is not None:
         from maml_tune.search.spec import load_spec
 
@@ -217,8 +227,11 @@ def train(
     with training_progress(ctx) as (prepare_progress, callbacks):
         task_family.prepare(prepare_progress)
         run = train_and_test(config, task_family, torch_device, callbacks)
-    save_checkpoint(target, run.learner, config, run.summary)
     summary = run.summary
+    if from_study is not None:
+        origin = {"study": source.study, "trial": source.trial, "storage": mask_url(storage_url(storage))}
+        summary = dataclasses.replace(summary, retrained_from=origin)
+    save_checkpoint(target, run.learner, config, summary)
     out.print(_results_table(f"{task_family.name}: meta-test", run.test))
     out.print(
         f"checkpoint: {target}  ({summary.iterations} iterations, {summary.wall_seconds:.1f} s, "

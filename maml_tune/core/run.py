@@ -49,6 +49,8 @@ class RunSummary:
     study: str | None = None
     """The study and trial that ran it, for a search trial's checkpoint."""
     trial: int | None = None
+    retrained_from: Mapping[str, Any] | None = None
+    """``{"study", "trial", "storage"}`` of the trial whose configuration ``train --from-study`` retrained."""
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -9,9 +9,15 @@ from typing import Any
 
 from maml_tune.dashboard._records import STATES, RefreshStats, StudyInfo, TrialRecord
 from maml_tune.dashboard._source_base import StudySource
-from maml_tune.errors import StorageError, StudyError
+from maml_tune.errors import StudyError
 from maml_tune.search.results import STUDY_ATTR
-from maml_tune.search.storage import mask_url, normalize_url, sqlite_path, storage_errors, storage_url
+from maml_tune.search.storage import (
+    no_database,
+    normalize_url,
+    sqlite_path,
+    storage_errors,
+    storage_url,
+)
 
 READ_TIMEOUT_S = 10
 _CHUNK = 500
@@ -38,7 +44,7 @@ def make_engine(url: str | None):
     url = normalize_url(storage_url(url))
     path = sqlite_path(url)
     if path is not None and not path.exists():
-        raise StorageError(f"no study database at {mask_url(url)} (run maml-tune search first)")
+        raise no_database(url, path)
     kwargs: dict[str, Any]
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": READ_TIMEOUT_S}}

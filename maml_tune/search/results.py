@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -195,13 +196,25 @@ def pick_trial(url: str | None, name: str | None, which: str | int = "best") -> 
     return study, found[0]
 
 
-def trial_config(url: str | None, name: str | None, which: str | int = "best") -> RunConfig:
-    """The full configuration a trial ran (``which``: a trial number or ``best``)."""
+@dataclass(frozen=True)
+class TrialConfig:
+    """The full configuration a trial ran, with the study, trial, values and sampled parameters."""
+
+    study: str
+    trial: int
+    values: list[float] | None
+    params: dict[str, Any]
+    config: RunConfig
+
+
+def trial_config(url: str | None, name: str | None, which: str | int = "best") -> TrialConfig:
+    """The configuration trial ``which`` (a trial number or ``best``) of study ``name`` ran."""
     study, trial = pick_trial(url, name, which)
     data = TrialAttrs.of(trial).config
     if not data:
         raise StudyError(f"trial {trial.number} of study {study.study_name!r} records no config")
-    return RunConfig.from_dict(data)
+    values = None if trial.values is None else list(trial.values)
+    return TrialConfig(study.study_name, trial.number, values, dict(trial.params), RunConfig.from_dict(data))
 
 
 def flat_row(trial: dict[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,10 @@ GRACE_PERIOD_S = int(os.environ.get("MAML_TUNE_GRACE_PERIOD", "60"))
 MAX_RETRY = 2
 
 _URL_PASSWORD = re.compile(
-    r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/@:]*:)(?P<password>[^@/]*)(?P<tail>@.*)$"
+    # Everything between the user's ":" and the last "@" before the host: a password may
+    # hold "/", "@", ":", "%", "#" or "?" and must still be masked whole.
+    r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/@:?#]*:)(?P<password>.*)(?P<tail>@[^@?]*(?:\?.*)?)$",
+    re.DOTALL,
 )
 
 
@@ -74,6 +77,15 @@ def sqlite_path(url: str) -> Path | None:
     return Path(raw)
 
 
+def no_database(url: str, path: Path) -> StorageError:
+    """The error for an SQLite study database file that does not exist; a relative ``url``
+    is resolved against the current folder, and the message says so."""
+    where = str(path.resolve())
+    if not path.is_absolute():
+        where += f" ({mask_url(url)} is relative to the current folder)"
+    return StorageError(f"no study database at {where}: run maml-tune search first, or pass --storage")
+
+
 def _prepare_sqlite(path: Path, url: str) -> None:
     """Create the folder and switch the file to WAL journaling (persistent; readers do not block)."""
     try:
@@ -107,7 +119,7 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True, create: bool
     path = sqlite_path(url)
     if path is not None:
         if not create and not path.exists():
-            raise StorageError(f"no study database at {mask_url(url)} (run maml-tune search first)")
+            raise no_database(url, path)
         _prepare_sqlite(path, url)
     kwargs: dict[str, Any] = {"engine_kwargs": engine_kwargs(url)}
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

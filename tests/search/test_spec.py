@@ -255,6 +255,14 @@ def test_mask_url_hides_passwords():
     assert mask_url("sqlite:///studies/maml-tune.db") == "sqlite:///studies/maml-tune.db"
 
 
+@pytest.mark.parametrize("password", ["pa/ssS3cretPW", "p@ssS3cretPW", "a:b%2F#c?d", "x@y/z:w"])
+def test_mask_url_hides_passwords_with_url_characters_whole(password):
+    masked = mask_url(f"postgresql://root:{password}@db.example:5432/studies?sslmode=require")
+    assert masked == "postgresql://root:***@db.example:5432/studies?sslmode=require"
+    assert mask_url("postgresql://root@db/x") == "postgresql://root@db/x"
+    assert mask_url("sqlite:////tmp/at@sign.db") == "sqlite:////tmp/at@sign.db"
+
+
 @pytest.mark.parametrize("name", ["tpe", "random", "gp", "nsga2"])
 def test_samplers_construct(name):
     assert make_sampler(name, 0) is not None

@@ -1,0 +1,88 @@
+"""What a new user hit on a fresh clone (issue 16), each pinned by a test that failed before."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from maml_tune.cli.main import app
+from maml_tune.cli.search import next_commands
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> tuple[str, Path]:
+    root = tmp_path_factory.mktemp("papercuts")
+    storage = f"sqlite:///{root / 'elsewhere.db'}"
+    result = invoke(
+        "search",
+        "--n-trials",
+        "2",
+        "--storage",
+        storage,
+        "--set",
+        "budget.iterations=20",
+        "--set",
+        "budget.val_interval=10",
+        "--checkpoints",
+        str(root / "ckpt"),
+        "--device",
+        "cpu",
+    )
+    assert result.exit_code == 0, result.output
+    return storage, root, result.stdout
+
+
+def test_the_closing_hints_keep_the_storage_and_match_the_readme(study):
+    storage, _, stdout = study
+    assert f"see: maml-tune best sinusoid --storage {storage}" in stdout
+    assert (
+        f"maml-tune train --from-study sinusoid --storage {storage} --trial best --iterations 20000" in stdout
+    )
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert "--trial best --iterations 20000" in readme
+
+
+def test_the_closing_hints_mask_a_password_and_quote_for_the_shell():
+    hint = next_commands("my study", "postgresql://me:pa/ss@db.example:5432/studies")
+    assert "pa/ss" not in hint and "'my study'" in hint
+
+
+def test_train_from_study_says_what_it_retrains_and_records_it(study, tmp_path):
+    storage, _, _ = study
+    result = invoke(
+        "train",
+        "--from-study",
+        "sinusoid",
+        "--trial",
+        "0",
+        "--storage",
+        storage,
+        "--iterations",
+        "5",
+        "--out",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+    )
+    assert result.exit_code == 0, result.output
+    assert "retraining trial 0 of study sinusoid (" in result.stderr
+    assert "algo.inner_lr=0.01" in result.stderr  # the baseline's sampled parameters
+    summary = json.loads((tmp_path / "run" / "checkpoint.json").read_text())["summary"]
+    assert summary["retrained_from"] == {"study": "sinusoid", "trial": 0, "storage": storage}
+
+
+def test_a_missing_default_database_is_named_by_its_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MAML_TUNE_STORAGE", raising=False)
+    result = invoke("studies", "list")
+    assert result.exit_code != 0
+    (line,) = result.stderr.strip().splitlines()
+    assert str(tmp_path / "studies" / "maml-tune.db") in line
+    assert "relative to the current folder" in line
