@@ -34,7 +34,10 @@ def test_old_checkpoint_evaluates_to_the_same_numbers(checkpoint, expected):
     assert result.exit_code == 0, result.output
     now = json.loads(result.stdout)
     then = json.loads((LEGACY / expected).read_text())
-    assert {key: now[key] for key in NUMBERS} == {key: then[key] for key in NUMBERS}
+    # The same to float32 rounding: CPUs of other vector widths sum in another order
+    # (measured 2026-12-04: 2e-8 relative apart).
+    close = {key: pytest.approx(v, rel=1e-6) if isinstance(v, float) else v for key, v in now.items()}
+    assert {key: close[key] for key in NUMBERS} == {key: then[key] for key in NUMBERS}
 
 
 def test_old_study_database_reads_the_same(tmp_path):

@@ -54,6 +54,9 @@ StudyNameOption = Annotated[
 ]
 
 
+DEFAULT_SEED = 0
+"""The sampler and training seed of a study made from a family's defaults (``--family X``)."""
+
 RETRAIN_ITERATIONS = 20000
 """The retraining length the closing hint (and the README's quick start) suggests."""
 
@@ -279,7 +282,13 @@ def load_search_spec(ctx: typer.Context, spec: Path | None, overrides: dict[str,
     if default is not None:
         loaded = load_spec(default, registry(ctx), {k: v for k, v in overrides.items() if k != "family"})
         return loaded
-    data = apply_overrides({"family": {"name": family}, "study": {"name": family}}, overrides)
+    # As the packaged sinusoid study: the literature configuration as baseline, seeded.
+    defaults = {
+        "family": {"name": family},
+        "study": {"name": family, "baseline": True, "seed": DEFAULT_SEED},
+        "fixed": {"train.seed": DEFAULT_SEED},
+    }
+    data = apply_overrides(defaults, overrides)
     return parse_spec(data, f"<defaults of family {family!r}>", registry(ctx))
 
 

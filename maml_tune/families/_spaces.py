@@ -23,7 +23,16 @@ def _searched_algorithms() -> list[str]:
 
 _COMMON: dict[str, dict[str, Any]] = {
     "algo.algorithm": {"type": "categorical", "choices": _searched_algorithms()},
-    "algo.first_order": {"type": "categorical", "choices": [False, True]},
+    # Only where it is a choice: fomaml and reptile are always first order.
+    "algo.first_order": {
+        "type": "categorical",
+        "choices": [False, True],
+        "when": {
+            "algo.algorithm": [
+                name for name in _searched_algorithms() if not ALGORITHMS[name].always_first_order
+            ]
+        },
+    },
     "algo.inner_lr": {"type": "float", "low": 1e-3, "high": 1.0, "log": True},
     "algo.inner_steps": {"type": "int", "low": 1, "high": 5},
     "algo.test_inner_steps": {"type": "int", "low": 1, "high": 10},

@@ -86,3 +86,25 @@ def test_a_missing_default_database_is_named_by_its_absolute_path(tmp_path, monk
     (line,) = result.stderr.strip().splitlines()
     assert str(tmp_path / "studies" / "maml-tune.db") in line
     assert "relative to the current folder" in line
+
+
+def test_a_study_from_a_family_s_defaults_has_its_baseline_and_a_seed(tmp_path, monkeypatch):
+    """``search --family X`` (no spec of its own): trial 0 is the literature configuration,
+    the study is seeded, and first_order is only sampled where it is a choice."""
+    import optuna
+
+    from maml_tune.families._spaces import default_space
+    from maml_tune.search.storage import open_storage
+
+    monkeypatch.setenv("MAML_TUNE_PLUGINS_DIR", str(Path(__file__).parents[2] / "plugins"))
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    result = invoke(
+        "search", "--family", "spirals", "--n-trials", "2", "--storage", storage, "--device", "cpu",
+        "--set", "budget.iterations=10", "--set", "budget.val_interval=10", "--checkpoints", str(tmp_path),
+    )
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="spirals", storage=open_storage(storage))
+    assert study.trials[0].user_attrs["baseline"] is True
+    assert study.user_attrs["maml_tune"]["spec"]["study"]["seed"] == 0
+    when = default_space("mlp")["algo.first_order"]["when"]["algo.algorithm"]
+    assert "fomaml" not in when and "reptile" not in when and "maml" in when

@@ -213,7 +213,9 @@ def test_search_and_train_on_a_csv(table_csv, tmp_path):
     searched = runner.invoke(app, ["search", str(spec), "--storage", storage, "--device", "cpu"])
     assert searched.exit_code == 0, searched.output
     trials = optuna.load_study(study_name="table", storage=open_storage(storage)).trials
-    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    # Randomly sampled settings may diverge (pruned as such); none may fail.
+    states = [t.state.name for t in trials]
+    assert len(states) == 2 and set(states) <= {"COMPLETE", "PRUNED"} and "COMPLETE" in states, states
     trained = runner.invoke(
         app, ["train", str(spec), "--iterations", "10", "--out", str(tmp_path / "run"), "--device", "cpu"]
     )
