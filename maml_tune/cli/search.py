@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from maml_tune.cli._common import (
@@ -77,6 +77,8 @@ class _Display:
         self.overall: TaskID | None = None
         self.workers: dict[int, TaskID] = {}
         self.multi = False
+        self.counts: dict[str, int] = {}
+        self.running: set[int] = set()
 
     def __call__(self, event: Event) -> None:
         p = self.progress
@@ -94,7 +96,7 @@ class _Display:
             if event.baseline:
                 err.print("baseline (literature configuration) enqueued as the next trial")
             self.overall = p.add_task(
-                "trials", total=event.n_trials, completed=event.existing, info="", best="-"
+                "trials", total=event.n_trials, completed=event.existing, info="", best="best -"
             )
         elif isinstance(event, Status) and self.overall is not None:
             summary = event.summary
@@ -105,17 +107,18 @@ class _Display:
                 best = ", ".join(fmt(v) for v in summary["best_values"]) + f" (#{summary['best_trial']})"
             elif summary.get("pareto_size"):
                 best = f"Pareto set of {summary['pareto_size']}"
+            self.counts = c
             p.update(
-                self.overall,
-                completed=min(done, p.tasks[self.overall].total or done),
-                info=f"done {c['complete']}  pruned {c['pruned']}  "
-                f"failed {c['fail']}  running {c['running']}",
-                best=best,
+                self.overall, completed=min(done, p.tasks[self.overall].total or done), best=f"best {best}"
             )
+            self._show_counts()
         elif isinstance(event, TrialStarted):
+            self.running.add(event.trial)
+            self._show_counts()
             task = self._worker(event.worker)
             label = f"worker {event.worker}: trial {event.trial}"
-            p.update(task, description=label, completed=0, total=None, info="", best="")
+            # reset, not update: a finished bar keeps its stopped clock otherwise
+            p.reset(task, description=label, total=None, info="", best="")
         elif isinstance(event, IterationDone):
             task = self._worker(event.worker)
             p.update(
@@ -126,8 +129,10 @@ class _Display:
             )
         elif isinstance(event, Validated):
             task = self._worker(event.worker)
-            p.update(task, best=f"val {event.value:.4g}")
+            p.update(task, best=f"last val {event.value:.4g}")  # this trial's, not the study's best
         elif isinstance(event, TrialEnded):
+            self.running.discard(event.trial)
+            self._show_counts()
             if event.state != "COMPLETE" and event.reason:
                 p.console.print(
                     f"trial {event.trial} {event.state.lower()}: {event.reason}",
@@ -142,6 +147,19 @@ class _Display:
             )
         elif isinstance(event, WorkerFailed):
             p.console.print(f"[red]worker {event.worker} stopped:[/red] {event.message}")
+
+    def _show_counts(self) -> None:
+        """The overall row's counts; running includes this command's trials as they start
+        and end (the study's own count comes only with each status)."""
+        if self.overall is None:
+            return
+        c = self.counts
+        running = max(c.get("running", 0), len(self.running))
+        self.progress.update(
+            self.overall,
+            info=f"done {c.get('complete', 0)}  pruned {c.get('pruned', 0)}  failed {c.get('fail', 0)}  "
+            f"running {running}",
+        )
 
     def _worker(self, worker: int) -> TaskID:
         if worker not in self.workers:
@@ -262,9 +280,9 @@ def _make_progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
+        MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),
-        TextColumn("best {task.fields[best]}"),
+        TextColumn("{task.fields[best]}"),
         TimeElapsedColumn(),
         console=err,
         transient=False,

@@ -99,8 +99,21 @@ def test_a_study_from_a_family_s_defaults_has_its_baseline_and_a_seed(tmp_path, 
     monkeypatch.setenv("MAML_TUNE_PLUGINS_DIR", str(Path(__file__).parents[2] / "plugins"))
     storage = f"sqlite:///{tmp_path / 's.db'}"
     result = invoke(
-        "search", "--family", "spirals", "--n-trials", "2", "--storage", storage, "--device", "cpu",
-        "--set", "budget.iterations=10", "--set", "budget.val_interval=10", "--checkpoints", str(tmp_path),
+        "search",
+        "--family",
+        "spirals",
+        "--n-trials",
+        "2",
+        "--storage",
+        storage,
+        "--device",
+        "cpu",
+        "--set",
+        "budget.iterations=10",
+        "--set",
+        "budget.val_interval=10",
+        "--checkpoints",
+        str(tmp_path),
     )
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="spirals", storage=open_storage(storage))
@@ -108,3 +121,41 @@ def test_a_study_from_a_family_s_defaults_has_its_baseline_and_a_seed(tmp_path, 
     assert study.user_attrs["maml_tune"]["spec"]["study"]["seed"] == 0
     when = default_space("mlp")["algo.first_order"]["when"]["algo.algorithm"]
     assert "fomaml" not in when and "reptile" not in when and "maml" in when
+
+
+def test_the_live_view_counts_running_trials_restarts_clocks_and_labels_values():
+    """A trial running shows as running; a new trial's bar and clock start afresh; no ``0/None``;
+    a worker's validation value is labelled as its own, not as the study's best."""
+    import io
+
+    from rich.console import Console
+
+    from maml_tune.cli.search import _Display, _make_progress
+    from maml_tune.search import events
+
+    progress = _make_progress()
+    display = _Display(progress)
+    display(
+        events.StudyOpened(
+            "s", "sqlite:///x.db", True, 3, 0, 3, 1, ["minimize"], ["val_loss"], None, [], "cpu"
+        )
+    )
+    display(events.Status({"counts": {"complete": 0, "pruned": 0, "fail": 0, "running": 0}}))
+    display(events.TrialStarted(0, 0, {}))
+
+    def text() -> str:
+        console = Console(file=io.StringIO(), width=160)
+        console.print(progress.get_renderable())
+        return console.file.getvalue()
+
+    assert "running 1" in text() and "/None" not in text()
+    display(events.IterationDone(0, 0, 100, 100, 0.5))
+    display(events.Validated(0, 0, 100, 0.1125))
+    assert "last val 0.1125" in text() and "best val" not in text()
+    worker = progress.tasks[display.workers[0]]
+    assert worker.finished  # its bar reached 100/100
+    display(events.TrialEnded(0, 0, "COMPLETE", [0.1125], None, False))
+    display(events.TrialStarted(0, 1, {}))
+    worker = progress.tasks[display.workers[0]]
+    assert not worker.finished and worker.finished_time is None and worker.completed == 0
+    assert "running 1" in text()
