@@ -6,12 +6,23 @@ The public Python API (:func:`load_learner`) is imported lazily so that ``maml-t
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_learner"]
+__all__ = ["AdaptedModel", "Learner", "MamlTuneError", "__version__", "load_learner"]
+
+_LAZY = {
+    "load_learner": "maml_tune.core.api",
+    "Learner": "maml_tune.core.api",
+    "AdaptedModel": "maml_tune.core.api",
+    "MamlTuneError": "maml_tune.errors",
+}
 
 
 def __getattr__(name: str):
-    if name == "load_learner":
-        from maml_tune.core.api import load_learner
+    if name in _LAZY:
+        import importlib
 
-        return load_learner
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'maml_tune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -19,6 +19,7 @@ import torch
 from maml_tune.core.checkpoint import Checkpoint, load_checkpoint
 from maml_tune.core.device import resolve_device
 from maml_tune.core.inner import Params
+from maml_tune.core.nets import HEAD_PREFIX
 from maml_tune.errors import ConfigError
 
 
@@ -27,6 +28,11 @@ class AdaptedModel:
 
     def __init__(self, learner: Learner, params: Params, support_x: torch.Tensor):
         self._learner, self._params, self._support_x = learner, params, support_x
+
+    def __repr__(self) -> str:
+        outputs = self._params[f"{HEAD_PREFIX}bias"].shape[0]
+        family = self._learner.config.family
+        return f"<AdaptedModel of {family}: {len(self._support_x)} support examples, {outputs} outputs>"
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, query_norm: str = "support") -> torch.Tensor:
@@ -57,6 +63,17 @@ class Learner:
         self.config = checkpoint.config
         self.kind, self.input_shape = checkpoint.kind, checkpoint.input_shape
         self.output_size = checkpoint.output_size
+
+    def __repr__(self) -> str:
+        classes = "any number of" if self.any_way else f"{self.output_size}"
+        what = f"{classes} classes" if self.kind == "classification" else f"{self.output_size} output(s)"
+        arch = self.config.arch
+        return (
+            f"<Learner {self.config.family}: {self.kind}, inputs {self.input_shape}, {what}; "
+            f"{arch.kind} net, {self.config.algo.algorithm}, "
+            f"{self.config.algo.eval_inner_steps} inner step(s) at lr {self.config.algo.inner_lr:g}; "
+            f"on {self.device}>"
+        )
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
