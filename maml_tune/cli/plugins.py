@@ -160,7 +160,8 @@ def info(ctx: typer.Context, name: NameArgument, as_json: JsonOption = False) ->
 
 
 def _class_name(name: str) -> str:
-    return "".join(part.capitalize() for part in name.replace("-", "_").split("_") if part)
+    words = "".join(part.capitalize() for part in name.replace("-", "_").split("_") if part)
+    return words if words[:1].isalpha() else f"Family{words}"  # an identifier cannot start with a digit
 
 
 def render_template(name: str, kind: str) -> str:
@@ -181,11 +182,12 @@ def new(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a working, documented plugin skeleton NAME.py into the plugins folder."""
-    import re
+    from maml_tune.families.registry import NAME_PATTERN
 
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+    if not NAME_PATTERN.fullmatch(name):
         raise ConfigError(
-            f"plugin name {name!r}: expected lower-case letters, digits and '_', starting with a letter"
+            f"plugin name {name!r}: expected lower-case letters, digits, '_' and '-', "
+            "starting with a letter or digit"
         )
     reg = registry(ctx)
     target = reg.plugins_dir / f"{name}.py"
@@ -233,7 +235,11 @@ def check(
         family_cls = plugin.family
         results.append({"check": "load", "passed": True, "reason": ""})
         if not as_json:
-            err.print(f"checking {name} ({plugin.source}): {len(CHECKS)} checks…")
+            err.print(
+                f"checking {name} ({plugin.source}): {len(CHECKS) + 1} checks (it loads, then the "
+                "conformance suite)…",
+                markup=False, highlight=False,
+            )
         for result in run_conformance(lambda: family_cls(options)):
             results.append({"check": result.name, "passed": result.passed, "reason": result.reason})
     else:

@@ -113,7 +113,7 @@ def predict(
             f"{learner.kind} on inputs of shape {learner.input_shape} (family {config.family!r})"
         )
     family = registry(ctx).family_of(config)
-    if not callable(getattr(family, "preprocess", None)):
+    if not family.reads_images():
         raise ConfigError(
             f"task family {config.family!r} has no preprocess(images) method, so it cannot read image files"
         )

@@ -50,10 +50,18 @@ class TaskFamily(abc.ABC):
     ``Options`` (a frozen dataclass whose fields, declared with :func:`option`, are the
     family's typed options with their defaults).
 
+    ``self.options`` is an instance of ``Options`` holding the validated option values
+    (``self.options.k_shot``); the constructor sets it and it never changes.
+
     Lifecycle: the registry instantiates the family with validated options; the caller
     then calls :meth:`prepare` once (it may be slow: loading or decoding data) and then
     :meth:`sample` as often as it likes. A family instance must not change after
     :meth:`prepare`: sampling depends only on its options and the generator passed in.
+
+    :meth:`sample` returns a ``TaskBatch`` (``from maml_tune.families import TaskBatch``):
+    ``TaskBatch(support_x, support_y, query_x, query_y)`` with inputs ``(T, S, *input_shape)``
+    and ``(T, Q, *input_shape)`` float32, targets ``(T, S, output_size)`` float32 for
+    regression or ``(T, S)`` int64 labels in ``[0, output_size)`` for classification.
     """
 
     name: ClassVar[str]
@@ -90,7 +98,9 @@ class TaskFamily(abc.ABC):
     def sample(self, split: str, n_tasks: int, generator: torch.Generator, device: torch.device) -> TaskBatch:
         """Sample ``n_tasks`` tasks of ``split`` (``"train"``, ``"val"`` or ``"test"``).
 
-        Called every meta-iteration (``"train"``) and for validation / test sets. Must:
+        Called every meta-iteration (``"train"``) and for validation / test sets. The
+        ``generator`` lives on ``device`` (the run's: a CUDA generator on a GPU), so draw with
+        ``torch.rand(..., generator=generator, device=device)``. Must:
         draw all randomness from ``generator`` (same generator state → same tasks), put
         every tensor on ``device``, return float32 inputs, keep the splits disjoint (no
         task of one split can be drawn in another), and work in one batched call (no
@@ -102,6 +112,20 @@ class TaskFamily(abc.ABC):
 
         Raises :class:`~maml_tune.errors.DataError` with what is expected where data is missing.
         """
+
+    def preprocess(self, images: list[str]) -> torch.Tensor:
+        """Optional, for image families: the files ``images`` (paths) as inputs
+        ``(len(images), *input_shape)`` float32, exactly as :meth:`sample` presents images.
+
+        Called by ``maml-tune predict`` after :meth:`prepare`, on a user's own support and
+        query folders; a family without it cannot be used with ``predict``.
+        """
+        raise NotImplementedError(f"task family {self.name!r} does not read image files")
+
+    @classmethod
+    def reads_images(cls) -> bool:
+        """Whether the family implements :meth:`preprocess`."""
+        return cls.preprocess is not TaskFamily.preprocess
 
     def literature_config(self) -> dict[str, Any]:
         """The published hyperparameters for this family, as dotted run-config overrides.

@@ -159,3 +159,24 @@ def test_the_live_view_counts_running_trials_restarts_clocks_and_labels_values()
     worker = progress.tasks[display.workers[0]]
     assert not worker.finished and worker.finished_time is None and worker.completed == 0
     assert "running 1" in text()
+
+
+def test_the_plugin_contract_is_importable_as_documented():
+    from maml_tune.families import TaskBatch, TaskFamily
+    from maml_tune.families.imagefolder import ImageFolder
+    from maml_tune.families.sinusoid import Sinusoid
+
+    assert [f for f in TaskBatch.__dataclass_fields__] == ["support_x", "support_y", "query_x", "query_y"]
+    assert "preprocess" in vars(TaskFamily) and ImageFolder.reads_images() and not Sinusoid.reads_images()
+
+
+def test_plugins_new_takes_every_name_the_registry_does_and_check_counts_what_it_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAML_TUNE_PLUGINS_DIR", str(tmp_path))
+    made = invoke("plugins", "new", "my-family")
+    assert made.exit_code == 0, made.output
+    assert "class MyFamily" in (tmp_path / "my-family.py").read_text()
+    checked = invoke("plugins", "check", "my-family")
+    assert checked.exit_code == 0, checked.output
+    announced = int(checked.stderr.split("): ")[1].split(" checks")[0])
+    assert f"{announced}/{announced} checks passed" in checked.stdout
+    assert invoke("plugins", "new", "Bad Name").exit_code == 2
