@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from maml_tune.cli._common import (
     QUERY_NORM_TEXT,
@@ -152,14 +153,17 @@ def predict(
         return
     used = config.algo.eval_inner_steps if steps is None else steps
     table = Table(
-        title=f"{config.family}: predictions after {used} inner steps on {len(support_files)} support images",
+        title=Text(
+            f"{config.family}: predictions after {used} inner steps on {len(support_files)} support images"
+        ),
         caption=f"query images {QUERY_NORM_TEXT[query_norm.value]}",
     )
     table.add_column("file", overflow="fold")
     table.add_column("predicted")
     table.add_column("score", justify="right")
     for row in results:
-        table.add_row(row["file"], row["predicted"], f"{row['scores'][row['predicted']]:.3f}")
+        # File and class names are the user's: never markup.
+        table.add_row(Text(row["file"]), Text(row["predicted"]), f"{row['scores'][row['predicted']]:.3f}")
     out.print(table)
 
 

@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from maml_tune.cli._common import (
     DeviceOption,
@@ -403,10 +404,10 @@ def next_commands(study: str, storage: str | None) -> str:
 def _print_result(result, storage: str | None) -> None:
     s = result.summary
     c = s["counts"]
-    table = Table(title=f"study {result.study}", show_header=False)
+    table = Table(title=Text(f"study {result.study}"), show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
-    table.add_row("storage", result.storage)
+    table.add_row("storage", Text(result.storage))
     table.add_row(
         "trials",
         f"{c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed "

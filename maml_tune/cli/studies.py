@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from maml_tune.cli._common import JsonOption, fmt, out, print_json
 from maml_tune.cli.search import StorageOption
@@ -42,10 +44,11 @@ def list_command(storage: StorageOption = None, as_json: JsonOption = False) -> 
         print_json(rows)
         return
     table = Table(title="studies")
-    for column in ("name", "family", "metrics", "complete", "pruned", "failed", "running", "best"):
-        table.add_column(
-            column, justify="right" if column in ("complete", "pruned", "failed", "running") else "left"
-        )
+    for column in ("name", "family", "metrics"):
+        table.add_column(column, overflow="fold")
+    for column in ("complete", "pruned", "failed", "running"):  # headers never cut
+        table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
+    table.add_column("best", overflow="fold")
     for row in rows:
         c = row["counts"]
         best = (
@@ -54,9 +57,9 @@ def list_command(storage: StorageOption = None, as_json: JsonOption = False) -> 
             else (f"Pareto set of {row['pareto_size']}" if row.get("pareto_size") else "-")
         )
         table.add_row(
-            row["name"],
-            row["family"] or "-",
-            ", ".join(row["metrics"] or []) or "-",
+            Text(row["name"]),
+            Text(row["family"] or "-"),
+            Text(", ".join(row["metrics"] or []) or "-"),
             str(c["complete"]),
             str(c["pruned"]),
             str(c["fail"]),
@@ -79,7 +82,7 @@ def show_command(
         return
     c = data["counts"]
     out.print(
-        f"[bold]{data['name']}[/bold]: family {data['family'] or '-'}, "
+        f"[bold]{escape(data['name'])}[/bold]: family {escape(data['family'] or '-')}, "
         f"{_objective_text(data, ' / ')}; "
         f"{c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed, {c['running']} running",
         markup=True,
@@ -98,7 +101,7 @@ def show_command(
         )
         number = f"{trial['number']}{' (baseline)' if trial['baseline'] else ''}"
         duration = f"{trial['duration_seconds']:.1f}" if trial["duration_seconds"] else "-"
-        table.add_row(number, trial["state"], _values(trial["values"]), duration, detail)
+        table.add_row(number, trial["state"], _values(trial["values"]), duration, Text(detail))
     out.print(table)
 
 
@@ -173,7 +176,7 @@ def best_command(
         return
     title = f"{data['study']}: " + ("Pareto set" if data["pareto"] else "best trial")
     out.print(
-        f"[bold]{title}[/bold] ({_objective_text(data, ', ')})",
+        f"[bold]{escape(title)}[/bold] ({escape(_objective_text(data, ', '))})",
         markup=True,
     )
     for trial in data["trials"]:
@@ -184,8 +187,8 @@ def best_command(
             f"{_values(trial['values'])}",
             show_header=False,
         )
-        table.add_column("", style="bold")
-        table.add_column("")
+        table.add_column("", style="bold", no_wrap=True)
+        table.add_column("", overflow="fold")  # a checkpoint path is shown whole
         for key, value in trial["params"].items():
             table.add_row(key, fmt(value) if isinstance(value, float) else str(value))
         for name in ("val_loss", "test_loss", "val_accuracy", "test_accuracy"):
@@ -194,7 +197,7 @@ def best_command(
         for key in ("n_params", "wall_seconds", "tasks_per_sec", "device", "checkpoint"):
             value = getattr(attrs, key)
             if value is not None:
-                table.add_row(key, fmt(value) if isinstance(value, float) else str(value))
+                table.add_row(key, Text(fmt(value) if isinstance(value, float) else str(value)))
         out.print(table)
     if data["trials"] and "config" in data["trials"][0]["user_attrs"]:
         out.print(

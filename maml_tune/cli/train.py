@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from maml_tune.cli._common import (
     QUERY_NORM_TEXT,
@@ -137,7 +138,7 @@ def _make_progress() -> Progress:
 
 
 def _results_table(title: str, result) -> Table:
-    table = Table(title=title)
+    table = Table(title=Text(title))
     table.add_column("metric")
     table.add_column("before adaptation", justify="right")
     table.add_column("after adaptation", justify="right")
@@ -366,7 +367,7 @@ def bench(
             }
         )
         return
-    table = Table(title=f"maml-tune bench: {family}")
+    table = Table(title=Text(f"maml-tune bench: {family}"))
     columns = (
         "strategy",
         "device",

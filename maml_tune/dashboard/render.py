@@ -84,7 +84,7 @@ def dashboard(view: View, width: int, height: int | None = None) -> RenderableTy
 
 def study_list(rows: list[dict[str, Any]], url: str) -> RenderableType:
     table = Table(
-        title=f"studies in {url}",
+        title=Text(f"studies in {url}"),
         title_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
@@ -114,8 +114,8 @@ def study_list(rows: list[dict[str, Any]], url: str) -> RenderableType:
             stamp = dt.datetime.fromisoformat(row["last_activity"]).replace(tzinfo=dt.timezone.utc)
             last = stamp.astimezone().strftime("%m-%d %H:%M")
         table.add_row(
-            row["name"],
-            row["family"] or "-",
+            Text(row["name"]),
+            Text(row["family"] or "-"),
             "/".join(d[:3] for d in row["directions"]),
             *(str(c.get(k, 0)) for k in ("complete", "pruned", "fail", "running", "waiting")),
             best,

@@ -180,3 +180,45 @@ def test_plugins_new_takes_every_name_the_registry_does_and_check_counts_what_it
     announced = int(checked.stderr.split("): ")[1].split(" checks")[0])
     assert f"{announced}/{announced} checks passed" in checked.stdout
     assert invoke("plugins", "new", "Bad Name").exit_code == 2
+
+
+def test_study_tables_fit_80_columns_without_cutting_words(study, monkeypatch):
+    """``studies list`` keeps its headers whole; ``best`` shows the checkpoint path whole."""
+    storage, root, _ = study
+    listing = CliRunner().invoke(app, ["studies", "list", "--storage", storage], env={"COLUMNS": "80"})
+    assert listing.exit_code == 0, listing.output
+    assert "complete" in listing.stdout and "…" not in listing.stdout
+    best = CliRunner().invoke(app, ["best", "sinusoid", "--storage", storage], env={"COLUMNS": "80"})
+    assert best.exit_code == 0, best.output
+    table = [line for line in best.stdout.splitlines() if line[:1] in "┌│└├"]
+    assert table and all(len(line) <= 80 for line in table)  # (the config JSON is one long line to copy)
+    path = str(root / "ckpt" / "sinusoid" / "trial-")
+    joined = "".join(line.strip("│ ") for line in table)
+    assert path in joined and "…" not in best.stdout
+
+
+@pytest.mark.parametrize("name", ["x[/bold]", "[/]", "[red]fake"])
+def test_a_study_name_is_never_read_as_markup(tmp_path, name):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    searched = invoke(
+        "search",
+        "--n-trials",
+        "1",
+        "--study-name",
+        name,
+        "--storage",
+        storage,
+        "--device",
+        "cpu",
+        "--set",
+        "budget.iterations=5",
+        "--set",
+        "budget.val_interval=5",
+        "--checkpoints",
+        str(tmp_path),
+    )
+    assert searched.exit_code == 0, searched.output
+    for command in (["studies", "list"], ["studies", "show", name], ["best", name]):
+        shown = CliRunner().invoke(app, [*command, "--storage", storage], env={"COLUMNS": "200"})
+        assert shown.exit_code == 0, (command, shown.output)
+        assert name in shown.stdout, (command, shown.stdout)
