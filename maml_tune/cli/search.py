@@ -29,6 +29,7 @@ from maml_tune.cli._common import (
     progress_log,
     registry,
 )
+from maml_tune.search.catalog import METRIC_MEANINGS
 from maml_tune.search.events import (
     Event,
     IterationDone,
@@ -418,6 +419,19 @@ def _print_result(result, storage: str | None) -> None:
         table.add_row(
             f"best {metrics}", f"{', '.join(fmt(v) for v in s['best_values'])} (trial {s['best_trial']})"
         )
+        test = s.get("best_test") or {}
+        tested = [
+            f"{name} {fmt(test[name], test.get(f'{name}_ci95'))}"
+            for name in ("test_loss", "test_accuracy")
+            if test.get(name) is not None
+        ]
+        if tested:
+            table.add_row("its meta-test", ", ".join(tested))
+        if s.get("best_params"):
+            params = ", ".join(
+                f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in s["best_params"].items()
+            )
+            table.add_row("its parameters", Text(params))
         if s.get("baseline_values"):
             base = s["baseline_values"][0]
             best = s["best_values"][0]
@@ -427,6 +441,9 @@ def _print_result(result, storage: str | None) -> None:
     elif s.get("pareto_size"):
         table.add_row("Pareto set", f"{s['pareto_size']} trial(s) over {metrics}")
     table.add_row("wall time", f"{result.wall_seconds:.1f} s")
+    meanings = [f"{m}: {METRIC_MEANINGS[m]}" for m in s.get("metrics") or [] if m in METRIC_MEANINGS]
+    if meanings:
+        table.caption = Text("; ".join(meanings) + " (± 95% intervals)")
     out.print(table)
     for message in result.worker_errors:
         err.print(f"[yellow]warning:[/yellow] {message}")

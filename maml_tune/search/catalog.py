@@ -57,3 +57,13 @@ tasks at the end of training (also reported at every validation interval for pru
 ``adaptation_cost``: test-time inner steps × parameter count. ``adaptation_time``: measured
 seconds to adapt to (and evaluate) one test task.
 """
+
+METRIC_MEANINGS: dict[str, str] = {
+    "val_loss": "query loss after adaptation on the meta-validation tasks",
+    "test_loss": "query loss after adaptation on the held-out meta-test tasks",
+    "val_accuracy": "query accuracy after adaptation on the meta-validation tasks",
+    "test_accuracy": "query accuracy after adaptation on the held-out meta-test tasks",
+    "adaptation_cost": "test-time inner steps x adapted parameters",
+    "adaptation_time": "seconds to adapt to and evaluate one test task",
+}
+"""One line per metric of :data:`METRICS`, for summaries."""

@@ -126,6 +126,12 @@ def best_trials(study: Any) -> list[Any]:
     return sorted(study.best_trials, key=lambda t: t.number)
 
 
+def _test_metrics(trial: Any) -> dict[str, Any]:
+    """The trial's meta-test metrics (``test_loss``, its interval, ``test_accuracy`` …)."""
+    metrics = TrialAttrs.of(trial).metrics
+    return {k: _finite(v) for k, v in metrics.items() if k.startswith("test_") and "before" not in k}
+
+
 def summary(study: Any) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     attrs = study.user_attrs.get(STUDY_ATTR, {}) or {}
@@ -141,6 +147,8 @@ def summary(study: Any) -> dict[str, Any]:
         "counts": counts(trials),
         "best_values": [_finite(v) for v in best[0].values] if len(best) == 1 else None,
         "best_trial": best[0].number if len(best) == 1 else None,
+        "best_params": dict(best[0].params) if len(best) == 1 else None,
+        "best_test": _test_metrics(best[0]) if len(best) == 1 else None,
         "pareto_size": len(best) if len(study.directions) > 1 else None,
         "baseline_trial": baseline.number if baseline else None,
         "baseline_values": [_finite(v) for v in baseline.values] if baseline and baseline.values else None,

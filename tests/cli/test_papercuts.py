@@ -222,3 +222,10 @@ def test_a_study_name_is_never_read_as_markup(tmp_path, name):
         shown = CliRunner().invoke(app, [*command, "--storage", storage], env={"COLUMNS": "200"})
         assert shown.exit_code == 0, (command, shown.output)
         assert name in shown.stdout, (command, shown.stdout)
+
+
+def test_the_search_summary_shows_the_winner_its_test_metric_and_what_the_metric_means(study):
+    _, _, stdout = study
+    assert "its parameters" in stdout and "algo.inner_lr=" in stdout
+    assert "its meta-test" in stdout and "test_loss" in stdout
+    assert "val_loss: query loss after adaptation on the meta-validation tasks" in stdout.replace("\n", " ")
