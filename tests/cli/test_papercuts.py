@@ -229,3 +229,17 @@ def test_the_search_summary_shows_the_winner_its_test_metric_and_what_the_metric
     assert "its parameters" in stdout and "algo.inner_lr=" in stdout
     assert "its meta-test" in stdout and "test_loss" in stdout
     assert "val_loss: query loss after adaptation on the meta-validation tasks" in stdout.replace("\n", " ")
+
+
+def test_the_test_run_says_how_long_it_takes():
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[2]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "--collect-only", "tests/core"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert "the full suite takes about 9 minutes on 2 CPU cores" in done.stdout, done.stdout[-2000:]

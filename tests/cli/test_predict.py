@@ -344,7 +344,8 @@ SHARED_OMNIGLOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 @pytest.mark.slow
 @pytest.mark.skipif(
     not (SHARED_OMNIGLOT / "images_background_small1.zip").is_file(),
-    reason="the shared Omniglot small sets are not beside this checkout",
+    reason="needs the official Omniglot small sets (images_background_small1.zip) in ../shared/data/omniglot "
+    "beside this checkout (github.com/brendenlake/omniglot)",
 )
 def test_predict_on_held_out_omniglot_characters(tmp_path):
     """Meta-train briefly on the real small sets, then classify held-out (meta-test)

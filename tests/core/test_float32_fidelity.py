@@ -71,7 +71,10 @@ def _source_id(source: tuple[str, str]) -> str:
 
 def _skip_missing(images: str) -> None:
     if images == "omniglot" and not cases.OMNIGLOT_ARCHIVE.is_file():
-        pytest.skip(f"the shared Omniglot small set is not beside this checkout ({cases.OMNIGLOT_ARCHIVE})")
+        pytest.skip(
+            f"needs the official Omniglot small set at {cases.OMNIGLOT_ARCHIVE} "
+            "(github.com/brendenlake/omniglot): real drawings, besides the synthetic strokes every run checks"
+        )
 
 
 def _batch(problem: str, images: str, seed: int):
