@@ -116,6 +116,33 @@ def progress_log(ctx: typer.Context):
     )
 
 
+@contextmanager
+def work_progress(ctx: typer.Context, what: str) -> Iterator[Any]:
+    """``report(done, total)`` for one piece of work (``what``: "meta-test" …): a rich bar on a
+    terminal, steady log lines otherwise, nothing with ``--quiet``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    chosen = progress_format(ctx)
+    if chosen == "quiet":
+        yield lambda done, total: None
+    elif chosen == "rich":
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+        )
+        with live_progress(bar):
+            task = bar.add_task(what, total=None)
+            yield lambda done, total: bar.update(task, completed=done, total=total)
+    else:
+        log = progress_log(ctx)
+        yield lambda done, total: log.steady(
+            what, done, total, what, f"{done}/{total}", tasks_done=done, tasks_total=total
+        )
+
+
 def registry(ctx: typer.Context):
     """The family registry for this invocation (honours ``--plugins-dir``)."""
     from maml_tune.families.registry import Registry

@@ -30,6 +30,7 @@ from maml_tune.cli._common import (
     progress_log,
     query_norm_option,
     registry,
+    work_progress,
 )
 
 
@@ -289,18 +290,14 @@ def evaluate_command(
     task_family = registry(ctx).family_of(config)
     if n_way is not None:
         loaded.learner.resized(n_way)  # a fixed head refuses another N before any data is read
-    task_family.prepare()
+    with training_progress(ctx) as (prepare_progress, _):
+        task_family.prepare(prepare_progress)
     learner = loaded.learner.resized(task_family.output_size)
-    result = meta_test(
-        learner,
-        config,
-        task_family,
-        torch_device,
-        tasks=tasks,
-        steps=steps,
-        seed=seed,
-        query_norm=None if query_norm is None else query_norm.value,
-    )
+    with work_progress(ctx, "meta-test") as report:
+        result = meta_test(
+            learner, config, task_family, torch_device, tasks=tasks, steps=steps, seed=seed,
+            query_norm=None if query_norm is None else query_norm.value, progress=report,
+        )
     shape = {"n_way": n_way, "k_shot": k_shot}
     shape = {key: value for key, value in shape.items() if value is not None}
     if as_json:

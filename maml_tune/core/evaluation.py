@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +68,7 @@ def evaluate(
     device: torch.device,
     precision: str = "fp32",
     query_norm: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
     """Adapt ``learner`` with ``steps`` inner steps to ``tasks`` seeded tasks of ``split``.
 
@@ -75,6 +77,7 @@ def evaluate(
     passes (``train.precision``; the default ``fp32`` is exact). ``query_norm``
     (default: the mode the learner was trained with, ``algo.query_norm``) is how query
     sets are normalised (:meth:`~maml_tune.core.learner.MetaLearner.query_outputs`).
+    ``progress(done, tasks)`` is called after each chunk of tasks.
     """
     query_norm = learner.algo.query_norm if query_norm is None else query_norm
     generator = split_generator(split, seed, device)
@@ -84,6 +87,8 @@ def evaluate(
         batch = sampler.sample(split, size, generator, device)
         check_batch(batch, sampler, split, size)
         outcomes.append(learner.outcome(batch, steps, strategy, precision=precision, query_norm=query_norm))
+        if progress is not None:
+            progress(start + size, tasks)
 
     def gather(name: str) -> Estimate | None:
         parts = [getattr(o, name) for o in outcomes]

@@ -76,10 +76,12 @@ def meta_test(
     steps: int | None = None,
     seed: int | None = None,
     query_norm: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
     """Adapt ``learner`` to held-out test tasks as ``config`` says: ``eval_tasks`` tasks seeded
     ``eval_seed``, the test-time inner steps, its strategy and ``train.precision``; ``tasks``,
-    ``steps`` and ``seed`` replace those settings, ``query_norm`` the learner's own mode."""
+    ``steps`` and ``seed`` replace those settings, ``query_norm`` the learner's own mode;
+    ``progress(done, tasks)`` follows the tasks."""
     t = config.train
     return evaluate(
         learner, sampler, split="test",
@@ -87,7 +89,7 @@ def meta_test(
         steps=config.algo.eval_inner_steps if steps is None else steps,
         seed=config.eval_seed if seed is None else seed,
         strategy=choose(config.arch, device, config.algo, t.strategy, t.task_chunk).strategy.name,
-        device=device, precision=t.precision, query_norm=query_norm,
+        device=device, precision=t.precision, query_norm=query_norm, progress=progress,
     )
 
 

@@ -161,3 +161,19 @@ def test_quiet_prints_results_without_progress(tmp_path):
     )
     assert proc.returncode == 0 and lines == []
     assert "checkpoint:" in proc.stdout
+
+
+def test_evaluate_logs_its_meta_test(tmp_path):
+    from typer.testing import CliRunner
+
+    from maml_tune.cli.main import app
+
+    runner = CliRunner()
+    trained = runner.invoke(app, ["--quiet", "train", "--iterations", "5", "--out", str(tmp_path / "run")])
+    assert trained.exit_code == 0, trained.output
+    result = runner.invoke(app, ["--log-format", "json", "evaluate", str(tmp_path / "run"), "--tasks", "120"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stderr.splitlines()]
+    assert (
+        records[0]["event"] == "meta-test" and records[-1]["tasks_done"] == records[-1]["tasks_total"] == 120
+    )
