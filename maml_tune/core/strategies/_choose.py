@@ -63,7 +63,7 @@ def choose(arch, device: torch.device, algo=None, requested: str = AUTO, task_ch
     if arch.kind == "resnet12":
         measured = "all three strategies within 7% of each other, vmap at twice the memory"
     else:
-        measured = "measured fastest at less than the per-task loop's memory; vmap is slower and memory-hungry"
+        measured = "measured fastest at less than the per-task loop's memory; vmap is slower, memory-hungry"
     fused = " with fused conv-norm-pool blocks" if arch.kind == "conv" and arch.pools else ""
     return Choice(STRATEGIES["batched"], task_chunk or 1, (
         f"auto: {arch.kind} on {where}: batched, one task per pass, channels-last{fused} ({measured})"
