@@ -63,11 +63,11 @@ RETRAIN_ITERATIONS = 20000
 """The retraining length the closing hint (and the README's quick start) suggests."""
 
 INTERRUPTED = (
-    "stopped by the user (SIGINT); running trials were marked failed and re-queued: "
+    "stopped by a signal (SIGINT or SIGTERM); running trials were marked failed and re-queued: "
     "run the same command again to resume the study"
 )
 INTERRUPTED_AGAIN = (
-    "interrupted: stopped at once (second SIGINT); the next search recovers the trial(s) left running"
+    "interrupted: stopped at once (second signal); the next search recovers the trial(s) left running"
 )
 
 
@@ -376,7 +376,7 @@ def search(
     )
     try:
         with (
-            interrupt.handling(hard_exit=True, message=INTERRUPTED_AGAIN),
+            interrupt.handling(hard_exit=True, message=INTERRUPTED_AGAIN, signals=interrupt.STOP_SIGNALS),
             search_display(ctx) as display,
         ):
             result = run_search(loaded, options, display)

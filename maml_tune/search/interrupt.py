@@ -1,7 +1,8 @@
 """Ctrl-C during a search: stop cleanly once, stop at once the second time.
 
-:func:`handling` installs a handler for SIGINT (and, in worker processes, SIGTERM, which
-the parent uses to forward an interrupt). The first signal only *requests* a stop; the
+:func:`handling` installs a handler for SIGINT and SIGTERM (:data:`STOP_SIGNALS`: Ctrl-C,
+and a cluster's or container's stop; the parent of worker processes also forwards an
+interrupt to them as SIGTERM). The first signal only *requests* a stop; the
 search notices it at its safe points (:func:`check`: between meta-iterations, around
 evaluation, before each trial), so the running trial is closed with :data:`REASON` and an
 interrupt never cuts a storage transaction, a garbage-collector callback or a library call
@@ -20,7 +21,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-REASON = "interrupted by user (SIGINT)"
+REASON = "interrupted by a signal (SIGINT or SIGTERM)"
+REASONS = (REASON, "interrupted by user (SIGINT)")
+"""Every reason an interrupt has stored (the second: releases before SIGTERM was handled)."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""What stops a search cleanly: Ctrl-C, and the SIGTERM of ``scancel``, ``kill`` or a pod's stop."""
 EXIT_CODE = 130
 
 

@@ -42,7 +42,7 @@ def _process_main(job: WorkerJob, events: Any) -> None:
     # Ctrl-C in a terminal reaches every worker; the parent forwards it as SIGTERM. Either
     # way a worker closes its trial and stops, and ignores repeats (the parent may give up).
     try:
-        with interrupt.handling(hard_exit=False, signals=(signal.SIGINT, signal.SIGTERM)):
+        with interrupt.handling(hard_exit=False, signals=interrupt.STOP_SIGNALS):
             run_worker(job, sink)
     except KeyboardInterrupt:
         sys.exit(interrupt.EXIT_CODE)

@@ -78,7 +78,7 @@ def recover_orphans(study: Any) -> list[int]:
     for trial in trials:
         if (
             trial.state == TrialState.FAIL
-            and TrialAttrs.of(trial).reason == interrupt.REASON
+            and TrialAttrs.of(trial).reason in interrupt.REASONS
             and trial.number not in retried
         ):
             retry_callback(max_retry=None)(study, storage.get_trial(trial._trial_id))
@@ -92,7 +92,7 @@ def requeue_interrupted(study: Any, trial_id: int | None) -> None:
         return
     try:
         frozen = study._storage.get_trial(trial_id)
-        if frozen.state.name != "FAIL" or TrialAttrs.of(frozen).reason != interrupt.REASON:
+        if frozen.state.name != "FAIL" or TrialAttrs.of(frozen).reason not in interrupt.REASONS:
             return
         if any(frozen.number in t.system_attrs.get("retry_history", []) for t in study.get_trials()):
             return

@@ -1,8 +1,8 @@
 """Ctrl-C during ``maml-tune search``, sent the way a terminal sends it: SIGINT to the whole
 foreground process group (the search and, with ``--workers``, its worker processes).
 
-First Ctrl-C: the running trial is closed as FAIL with ``reason`` "interrupted by user
-(SIGINT)" and re-queued, one line is printed, the exit code is 130, and the same command
+First Ctrl-C (or a SIGTERM): the running trial is closed as FAIL with ``reason`` "interrupted
+by a signal (SIGINT or SIGTERM)" and re-queued, one line is printed, the exit code is 130, and the same command
 resumes the study. Second Ctrl-C: the process exits at once; the database stays consistent
 and the next search recovers any trial left RUNNING.
 """
@@ -48,8 +48,8 @@ def _args(spec, url, tmp_path, *extra):
     ]
 
 
-def _interrupt(tmp_path, extra=(), running=1, signals=1, group=True):
-    """Start a search, wait for ``running`` RUNNING trials, send SIGINT ``signals`` times."""
+def _interrupt(tmp_path, extra=(), running=1, signals=1, group=True, signum=signal.SIGINT):
+    """Start a search, wait for ``running`` RUNNING trials, send ``signum`` ``signals`` times."""
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     spec = write_spec(tmp_path, iterations=80)
     env = cli_env(tmp_path)
@@ -61,9 +61,9 @@ def _interrupt(tmp_path, extra=(), running=1, signals=1, group=True):
         sent = time.monotonic()
         for _ in range(signals):
             if group:
-                os.killpg(search.pid, signal.SIGINT)
+                os.killpg(search.pid, signum)
             else:
-                os.kill(search.pid, signal.SIGINT)
+                os.kill(search.pid, signum)
             time.sleep(0.05)
         _, stderr = search.communicate(timeout=150)
         elapsed = time.monotonic() - sent
@@ -93,6 +93,21 @@ def test_first_ctrl_c_closes_the_trial_exits_130_and_the_search_resumes(tmp_path
     assert again.returncode == 0, again.stderr[-2000:]
     rows = assert_finished_study(url, "rel", complete=N_TRIALS)
     assert_retried(rows, numbers[0])
+
+
+def test_sigterm_stops_a_search_as_ctrl_c_does(tmp_path):
+    """``scancel``, ``kill`` and a pod's stop send SIGTERM to the search alone: the running trial
+    is closed with the interrupt's reason and re-queued, exit 130, and the study resumes."""
+    url, args, env, code, stderr, numbers, _ = _interrupt(tmp_path, group=False, signum=signal.SIGTERM)
+    assert code == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "SIGTERM" in _last_line(stderr)
+    rows = trial_rows(url, "rel")
+    interrupted = next(r for r in rows if r["number"] == numbers[0])
+    assert interrupted["state"] == "FAIL" and interrupted["user"]["reason"] == REASON
+    assert [r for r in rows if r["state"] == "WAITING"], "the interrupted trial was not re-queued"
+    again = run_cli(args, tmp_path, env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_retried(assert_finished_study(url, "rel", complete=N_TRIALS), numbers[0])
 
 
 def test_second_ctrl_c_exits_at_once_and_the_next_search_recovers(tmp_path):
