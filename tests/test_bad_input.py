@@ -89,8 +89,18 @@ def world(tmp_path_factory):
         "log_zero.toml": SPEC.replace("low = 1e-3, high = 0.5", "low = 0.0, high = 0.5"),
         "incompatible.toml": SPEC.replace("high = 0.5", "high = 0.9"),
     }
+    specs.update(
+        {
+            "deep.toml": "x = " + "[" * 5000 + "]" * 5000 + "\n",
+            "newline_name.toml": SPEC.replace('name = "rel"', 'name = "a\\nerror: fake"'),
+            "zero_iterations.toml": SPEC.replace("iterations = 3", "iterations = 0"),
+            "infinite_factor.toml": SPEC.replace("eval_tasks = 4", "eval_tasks = 4\ndivergence_factor = inf"),
+        }
+    )
     for name, text in specs.items():
         (root / name).write_text(text)
+    (root / "latin1.toml").write_bytes(b'[study]\nname = "caf\xe9"\n')
+    os.mkfifo(root / "fifo.toml")
     made = subprocess.run(
         [MAML_TUNE, "search", "spec.toml", "--checkpoints", "ckpt"],
         cwd=root,
@@ -180,6 +190,35 @@ CASES = [
     ("negative-trials", ["search", "spec.toml", "--n-trials", "-1"], 2, "got -1"),
     ("set-without-equals", ["search", "spec.toml", "--set", "algo.inner_lr"], 2, "'algo.inner_lr'"),
     ("no-such-trial", None, 1, "999"),
+    # Hostile specs: none may hang, exhaust memory or recurse without end.
+    ("spec-nested-5000-deep", ["search", "deep.toml"], 2, "nested too deeply"),
+    ("spec-not-utf8", ["search", "latin1.toml"], 2, "not UTF-8"),
+    ("spec-is-a-fifo", ["search", "fifo.toml"], 2, "pipe"),
+    ("spec-is-dev-zero", ["search", "/dev/zero"], 2, "/dev/zero"),
+    ("spec-newline-in-study-name", ["search", "newline_name.toml"], 2, "printable"),
+    ("spec-zero-iterations", ["search", "zero_iterations.toml"], 2, "budget.iterations"),
+    ("spec-infinite-divergence-factor", ["search", "infinite_factor.toml"], 2, "inf"),
+    # Numbers that are no numbers, or out of range, anywhere a setting is read.
+    ("set-nan-inner-lr", ["train", "--set", "algo.inner_lr=nan"], 2, "finite"),
+    ("set-overflowing-inner-lr", ["train", "--set", "algo.inner_lr=1e999"], 2, "'1e999'"),
+    ("set-huge-seed", ["train", "--set", "train.seed=1180591620717411303424"], 2, "train.seed"),
+    ("search-huge-seed", ["search", "spec.toml", "--seed", "99999999999999999999"], 2, "study.seed"),
+    ("search-nan-timeout", ["search", "spec.toml", "--timeout", "nan"], 2, "nan"),
+    ("search-too-many-workers", ["search", "spec.toml", "--workers", "100000"], 2, "<= 64"),
+    ("search-newline-study-name", ["search", "spec.toml", "--study-name", "a\nerror: fake"], 2, "printable"),
+    (
+        "storage-port-not-a-number",
+        ["studies", "list", "--storage", "postgresql://u@127.0.0.1:abc/db"],
+        1,
+        "abc",
+    ),
+]
+
+ENV_CASES = [
+    ("heartbeat-not-a-number", {"MAML_TUNE_HEARTBEAT_INTERVAL": "abc"}, "MAML_TUNE_HEARTBEAT_INTERVAL"),
+    ("heartbeat-fraction", {"MAML_TUNE_HEARTBEAT_INTERVAL": "0.5"}, "'0.5'"),
+    ("heartbeat-zero", {"MAML_TUNE_HEARTBEAT_INTERVAL": "0"}, "'0'"),
+    ("grace-negative", {"MAML_TUNE_GRACE_PERIOD": "-5"}, "MAML_TUNE_GRACE_PERIOD"),
 ]
 
 
@@ -222,6 +261,35 @@ def test_bad_input(world, case, args, code, expected):
     assert "s3cret" not in done.stderr + done.stdout
     assert not (root / "pwned").exists()
     assert _dump(world["storage"]) == before  # no study changed (and none created)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, env, expected", ENV_CASES, ids=[c[0] for c in ENV_CASES])
+def test_bad_environment(world, case, env, expected):
+    """A bad heartbeat setting stops a search before it touches the study; reading studies
+    does not need it."""
+    before = _dump(world["storage"])
+    done = subprocess.run(
+        [MAML_TUNE, "search", "spec.toml", "--n-trials", "2"],
+        cwd=world["root"],
+        env={**world["env"], **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert expected in lines[0]
+    assert _dump(world["storage"]) == before
+    listed = subprocess.run(
+        [MAML_TUNE, "studies", "list"],
+        cwd=world["root"],
+        env={**world["env"], **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
 
 
 @pytest.mark.slow

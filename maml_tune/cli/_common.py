@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,15 +80,27 @@ def live_progress(progress: Any) -> Iterator[Any]:
             raise
 
 
-def at_least(minimum: float, what: str = "an integer"):
-    """Option callback: refuse values below ``minimum``, naming the value (a usage error, exit 2)."""
+def at_least(minimum: float, what: str = "an integer", maximum: float | None = None):
+    """Option callback: refuse values below ``minimum`` (or above ``maximum``), and NaN or
+    infinity, naming the value (a usage error, exit 2)."""
 
     def check(value: Any) -> Any:
-        if value is not None and value < minimum:
+        if value is None:
+            return value
+        if not math.isfinite(value) or value < minimum:
             raise typer.BadParameter(f"expected {what} >= {minimum:g}, got {value:g}")
+        if maximum is not None and value > maximum:
+            raise typer.BadParameter(f"expected {what} <= {maximum:g}, got {value:g}")
         return value
 
     return check
+
+
+def printable(value: str | None) -> str | None:
+    """Option callback: refuse text with newlines or control characters (a usage error)."""
+    if value is not None and any(not ch.isprintable() for ch in value):
+        raise typer.BadParameter(f"expected printable text (no newline or control code), got {value!r}")
+    return value
 
 
 def print_json(data: Any) -> None:

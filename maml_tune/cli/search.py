@@ -25,6 +25,7 @@ from maml_tune.cli._common import (
     out,
     parse_sets,
     print_json,
+    printable,
     progress_format,
     progress_log,
     registry,
@@ -52,9 +53,14 @@ StorageOption = Annotated[
 ]
 StudyNameOption = Annotated[
     str | None,
-    typer.Option("--study-name", envvar="MAML_TUNE_STUDY", help="Study name (default: the spec's)."),
+    typer.Option(
+        "--study-name", envvar="MAML_TUNE_STUDY", callback=printable, help="Study name (default: the spec's)."
+    ),
 ]
 
+
+MAX_WORKERS = 64
+"""Each worker process holds a model, its data and a study connection (~350 MB on CPU)."""
 
 DEFAULT_SEED = 0
 """The sampler and training seed of a study made from a family's defaults (``--family X``)."""
@@ -337,7 +343,12 @@ def search(
         str | None, typer.Option("--pruner", help="median, hyperband, sha, wilcoxon or none.")
     ] = None,
     workers: Annotated[
-        int, typer.Option("--workers", callback=at_least(1), help="Worker processes on this machine.")
+        int,
+        typer.Option(
+            "--workers",
+            callback=at_least(1, maximum=MAX_WORKERS),
+            help=f"Worker processes on this machine (at most {MAX_WORKERS}; each loads the model and data).",
+        ),
     ] = 1,
     device: DeviceOption = "auto",
     seed: Annotated[int | None, typer.Option("--seed", help="Sampler seed (worker i uses seed + i).")] = None,

@@ -7,6 +7,7 @@ beside every checkpoint and in every trial, so a result can always be reproduced
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -22,6 +23,9 @@ _ADAM_ONLY = ("beta1", "beta2", "eps")
 _SGD_ONLY = ("momentum", "nesterov")
 QUERY_NORMS = ("transductive", "support")
 
+
+MAX_SEED = 2**32 - 1
+"""Seeds are 0 … 2³²−1: what every sampler and generator accepts."""
 
 DOWNSAMPLES = {
     "pool": "2x2 max-pool keeping partial windows (28 -> 14 -> 7 -> 4)",
@@ -210,6 +214,8 @@ class TrainConfig:
         _choice("train.strategy", self.strategy, _strategy_names())
         _at_least("train.task_chunk", self.task_chunk, 0)
         _choice("train.precision", self.precision, PRECISIONS)
+        for key in ("seed", "val_seed"):
+            _seed(f"train.{key}", getattr(self, key))
 
     def _check_optimizer(self) -> None:
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)
@@ -244,6 +250,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _at_least("eval_tasks", self.eval_tasks, 1)
+        _seed("eval_seed", self.eval_seed)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable form; :meth:`from_dict` inverts it exactly."""
@@ -391,14 +398,18 @@ def coerce_value(value: Any, tp: Any, where: str) -> Any:
                 pass
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if number is not None and math.isfinite(number):
+            return number
+        what = "a finite number" if number is not None else "a number"
+        raise ConfigError(f"{where}: expected {what}, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value
@@ -430,6 +441,11 @@ def _strategy_names() -> tuple[str, ...]:
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def _seed(key: str, value: int) -> None:
+    if not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{key}: expected a seed from 0 to {MAX_SEED}, got {value!r}")
 
 
 def _at_least(key: str, value: int, low: int) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from maml_tune.core.config import MAX_SEED
 from maml_tune.search._spec_common import Where, describe, is_int, is_number
 from maml_tune.search.catalog import METRICS, PRUNERS, SAMPLERS
 
@@ -103,6 +105,8 @@ def parse_study(w: Where, raw: Mapping[str, Any], objective: Objective, default_
     name = raw.get("name", default_name)
     if not isinstance(name, str) or not name.strip():
         raise w.error("study.name", f"expected a non-empty string, got {describe(name)}")
+    if any(not ch.isprintable() for ch in name):
+        raise w.error("study.name", f"expected printable text (no newline or control code), got {name!r}")
     values["name"] = name
     sampler = raw.get("sampler", "tpe")
     if sampler not in SAMPLERS:
@@ -130,8 +134,10 @@ def parse_study(w: Where, raw: Mapping[str, Any], objective: Objective, default_
                     value = int(value)
                 except ValueError:
                     pass
-            if not is_int(value) or value < low:
-                raise w.error(f"study.{key}", f"expected an integer >= {low}, got {describe(value)}")
+            high = MAX_SEED if key == "seed" else None
+            if not is_int(value) or value < low or (high is not None and value > high):
+                bound = f"from {low} to {high}" if high is not None else f">= {low}"
+                raise w.error(f"study.{key}", f"expected an integer {bound}, got {describe(value)}")
             values[key] = value
     if "timeout" in raw:
         timeout = raw["timeout"]
@@ -140,7 +146,7 @@ def parse_study(w: Where, raw: Mapping[str, Any], objective: Objective, default_
                 timeout = float(timeout)
             except ValueError:
                 pass
-        if not is_number(timeout) or timeout < 0:
+        if not is_number(timeout) or not 0 <= timeout < math.inf:
             raise w.error(
                 "study.timeout", f"expected a number of seconds >= 0 (0: none), got {describe(timeout)}"
             )

@@ -52,6 +52,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -101,6 +102,8 @@ DEFAULT_BUDGET: dict[str, Any] = {
     "divergence_factor": 100.0,
 }
 TOP_KEYS = ("family", "space", "fixed", "budget", "objective", "study")
+MAX_SPEC_BYTES = 1024 * 1024
+"""A spec is a few hundred bytes; anything over a MiB is not one (``/dev/zero``, a data file)."""
 DEFAULT_SPECS = ("sinusoid",)
 
 
@@ -182,8 +185,17 @@ def read_spec_data(path: str | os.PathLike) -> dict[str, Any]:
     """The raw TOML table of a spec file (syntax errors name the file and line)."""
     path = Path(path)
     try:
+        if path.exists() and not path.is_dir() and not path.is_file():
+            raise ConfigError(f"{path}: expected a TOML file, got a device, pipe or socket")
         with path.open("rb") as handle:
-            return tomllib.load(handle)
+            blob = handle.read(MAX_SPEC_BYTES + 1)
+        if len(blob) > MAX_SPEC_BYTES:
+            raise ConfigError(f"{path}: larger than a study spec can be ({MAX_SPEC_BYTES // 1024} KiB)")
+        return tomllib.loads(blob.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: tables or arrays nested too deeply") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: study spec not found") from None
     except IsADirectoryError:
@@ -395,11 +407,11 @@ def _parse_budget(w: Where, raw: Any) -> Budget:
             except ValueError:
                 pass
         if key == "divergence_factor":
-            if not is_number(value) or not value > 1:
+            if not is_number(value) or not 1 < value < math.inf:
                 raise w.error(f"budget.{key}", f"expected a number > 1, got {describe(value)}")
             values[key] = float(value)
         else:
-            low = 0 if key == "iterations" else 1
+            low = 1  # a trial of 0 iterations would only fail
             if not is_int(value) or value < low:
                 raise w.error(f"budget.{key}", f"expected an integer >= {low}, got {describe(value)}")
             values[key] = value

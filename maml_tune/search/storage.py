@@ -26,9 +26,23 @@ STORAGE_ENV = "MAML_TUNE_STORAGE"
 STUDY_ENV = "MAML_TUNE_STUDY"
 DEFAULT_STORAGE = "sqlite:///studies/maml-tune.db"
 SQLITE_TIMEOUT_S = 120
-HEARTBEAT_INTERVAL_S = int(os.environ.get("MAML_TUNE_HEARTBEAT_INTERVAL", "10"))
-GRACE_PERIOD_S = int(os.environ.get("MAML_TUNE_GRACE_PERIOD", "60"))
+HEARTBEAT_ENV, GRACE_ENV = "MAML_TUNE_HEARTBEAT_INTERVAL", "MAML_TUNE_GRACE_PERIOD"
+HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S = 10, 60
+"""Seconds between a running trial's heartbeats, and of silence before it counts as lost
+(the environment variables above override them: :func:`heartbeat_seconds`)."""
 MAX_RETRY = 2
+
+
+def heartbeat_seconds() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in whole seconds from the environment; a value that
+    is not a whole number >= 1 is a :class:`ConfigError` naming the variable."""
+    values = []
+    for name, default in ((HEARTBEAT_ENV, HEARTBEAT_INTERVAL_S), (GRACE_ENV, GRACE_PERIOD_S)):
+        raw = os.environ.get(name, str(default)).strip()
+        if not raw.isdigit() or int(raw) < 1:
+            raise ConfigError(f"{name}: expected a whole number of seconds >= 1, got {raw!r}")
+        values.append(int(raw))
+    return values[0], values[1]
 
 _URL_PASSWORD = re.compile(
     # Everything between the user's ":" and the last "@" before the host: a password may
@@ -116,6 +130,7 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True, create: bool
     import optuna
 
     url = normalize_url(storage_url(url))
+    interval, grace = heartbeat_seconds() if heartbeat else (0, 0)  # before anything is created
     path = sqlite_path(url)
     if path is not None:
         if not create and not path.exists():
@@ -125,8 +140,8 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True, create: bool
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if heartbeat:
         kwargs.update(
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=max(GRACE_PERIOD_S, 2 * HEARTBEAT_INTERVAL_S),
+            heartbeat_interval=interval,
+            grace_period=max(grace, 2 * interval),
             heartbeat_stale_trial_callback=retry_callback(MAX_RETRY),
         )
     try:
@@ -154,6 +169,8 @@ def storage_errors(url: str, doing: str) -> Iterator[None]:
     except sqlalchemy.exc.SQLAlchemyError as exc:
         cause = getattr(exc, "orig", None) or exc  # the driver's own message, when there is one
         raise StorageError(f"cannot {doing} study database {mask_url(url)}: {_first_line(cause)}") from None
+    except ValueError as exc:  # a URL SQLAlchemy parses but cannot use (a port that is no number)
+        raise StorageError(f"invalid storage URL {mask_url(url)}: {_first_line(exc)}") from None
 
 
 _STORAGE_CLASS: type | None = None

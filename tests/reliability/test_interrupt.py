@@ -2,9 +2,9 @@
 foreground process group (the search and, with ``--workers``, its worker processes).
 
 First Ctrl-C (or a SIGTERM): the running trial is closed as FAIL with ``reason`` "interrupted
-by a signal (SIGINT or SIGTERM)" and re-queued, one line is printed, the exit code is 130, and the same command
-resumes the study. Second Ctrl-C: the process exits at once; the database stays consistent
-and the next search recovers any trial left RUNNING.
+by a signal (SIGINT or SIGTERM)" and re-queued, one line is printed, the exit code is 130,
+and the same command resumes the study. Second Ctrl-C: the process exits at once; the
+database stays consistent and the next search recovers any trial left RUNNING.
 """
 
 from __future__ import annotations
