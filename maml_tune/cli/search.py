@@ -209,6 +209,15 @@ class _LogDisplay:
                 recovered=event.recovered,
                 baseline=event.baseline is not None,
             )
+            if event.recovered:
+                numbers = ", ".join(str(n) for n in event.recovered)
+                log.event(
+                    "study.recovered",
+                    f"re-queued trial(s) {numbers}: interrupted, or their workers are gone",
+                    trials=event.recovered,
+                )
+            if event.baseline:
+                log.event("study.baseline", "baseline (literature configuration) enqueued as the next trial")
         elif isinstance(event, TrialStarted):
             self.params[event.trial] = event.params
             log.forget(f"trial {event.trial}")
