@@ -20,6 +20,10 @@ from maml_tune.core.strategies import choose
 from maml_tune.core.tasks import TaskSampler, check_batch, split_generator
 from maml_tune.errors import DivergenceError
 
+SPLITS = ("train", "val", "test")
+PREFLIGHT_SEED = 0
+"""The seed of :meth:`MetaTrainer.check_splits`' one task per split."""
+
 
 @dataclass(frozen=True)
 class IterationReport:
@@ -138,6 +142,14 @@ class MetaTrainer:
             strategy=self.strategy, device=self.device, precision=t.precision,
         )
 
+    def check_splits(self) -> None:
+        """Sample one task of every split, so that a split which cannot give a task (fewer
+        classes than N-way, say) fails now rather than at the first validation or the meta-test,
+        after all the training. Its own generators: the run's tasks are unchanged."""
+        for split in SPLITS:
+            generator = split_generator(split, PREFLIGHT_SEED, self.device)
+            check_batch(self.family.sample(split, 1, generator, self.device), self.family, split, 1)
+
     def start(self) -> TrainingRun:
         """A fresh run: the initial learner (seeded by ``train.seed``), its optimiser and schedule."""
         cfg, t = self.config, self.config.train
@@ -195,6 +207,7 @@ class MetaTrainer:
         validation loss is not finite.
         """
         t = self.config.train
+        self.check_splits()
         run = self.start()
         result = TrainResult(run.learner, 0, 0.0, 0.0, 0.0, self.strategy)
         cuda = self.device.type == "cuda"

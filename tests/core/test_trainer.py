@@ -224,3 +224,31 @@ def test_bench_times_the_training_step_with_its_checks():
     config = _config(**{"algo.inner_lr": 1e6, "algo.inner_steps": 3})
     with pytest.raises(DivergenceError):
         measure_throughput(config, Sinusoid(), CPU, seconds=0.2)
+
+
+def test_a_split_that_cannot_give_a_task_fails_before_any_training():
+    """A 20-way run whose validation split holds 12 classes used to train to the end and fail
+    at its first validation; every split is now sampled once before the first iteration."""
+    from maml_tune.errors import ConfigError
+    from maml_tune.families.sinusoid import Sinusoid
+
+    class NoValidationTasks(Sinusoid):
+        def sample(self, split, n_tasks, generator, device):
+            if split == "val":
+                raise ConfigError("split 'val' has 12 classes, fewer than n_way=20")
+            return super().sample(split, n_tasks, generator, device)
+
+    iterations = []
+
+    class Count:
+        def on_iteration(self, report):
+            iterations.append(report.iteration)
+
+        def on_validation(self, iteration, result):
+            pass
+
+    family = NoValidationTasks()
+    config = family.run_config({"train.iterations": 50, "train.val_interval": 50})
+    with pytest.raises(ConfigError, match="fewer than n_way"):
+        MetaTrainer(config, family, torch.device("cpu"), [Count()]).run()
+    assert iterations == []
