@@ -113,7 +113,7 @@ def world(tmp_path_factory):
     # checkpoints: corrupt (truncated JSON), tampered (weights changed), pickled payload (hash matches)
     import torch
 
-    from maml_tune.core.checkpoint import save_checkpoint
+    from maml_tune.core.checkpoint import _meta_digest, save_checkpoint
     from maml_tune.core.trainer import build_learner
     from maml_tune.families.registry import Registry
 
@@ -132,6 +132,7 @@ def world(tmp_path_factory):
     torch.save({"payload": Payload()}, pickled)
     meta = json.loads((root / "pickled" / "checkpoint.json").read_text())
     meta["weights_sha256"] = hashlib.sha256(pickled.read_bytes()).hexdigest()
+    meta["meta_sha256"] = _meta_digest(meta)
     (root / "pickled" / "checkpoint.json").write_text(json.dumps(meta))
     # Omniglot: a corrupt archive
     (root / "omniglot-corrupt").mkdir()

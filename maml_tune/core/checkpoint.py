@@ -2,7 +2,7 @@
 measured (:class:`~maml_tune.core.run.RunSummary`) as JSON.
 
 A checkpoint directory holds ``weights.safetensors`` and ``checkpoint.json``; the JSON
-records the SHA-256 of the weights, so a corrupt or tampered file is refused. Each file
+records the SHA-256 of the weights and of itself, so a corrupt or edited file is refused. Each file
 is written under a temporary name and renamed into place, so a crash never leaves a
 half-written checkpoint that could be loaded.
 """
@@ -29,6 +29,8 @@ from maml_tune.errors import CheckpointError, MamlTuneError
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "checkpoint.json"
 FORMAT_VERSION = 1
+META_HASH = "meta_sha256"
+MAX_META_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ def save_checkpoint(
     }
     if summary is not None:
         meta["summary"] = summary.to_dict()
+    meta[META_HASH] = _meta_digest(meta)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         _atomic_write(directory / WEIGHTS_FILE, blob)
@@ -85,11 +88,23 @@ def save_checkpoint(
     return directory
 
 
+def _meta_digest(meta: dict) -> str:
+    """SHA-256 of ``meta`` without its own hash, in a canonical JSON form."""
+    body = {k: v for k, v in meta.items() if k != META_HASH}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def load_checkpoint(directory: str | os.PathLike, device: torch.device | str = "cpu") -> Checkpoint:
-    """Load and verify a checkpoint written by :func:`save_checkpoint`; never unpickles."""
+    """Load and verify a checkpoint written by :func:`save_checkpoint`; never unpickles.
+
+    Both files are verified: the weights against ``weights_sha256`` and the JSON itself
+    against ``meta_sha256`` (checkpoints written before it have only the first)."""
     directory = Path(directory)
     try:
-        meta = json.loads((directory / META_FILE).read_text())
+        meta_path = directory / META_FILE
+        if meta_path.is_file() and meta_path.stat().st_size > MAX_META_BYTES:
+            raise CheckpointError(f"{meta_path} is larger than a checkpoint's metadata can be")
+        meta = json.loads(meta_path.read_text())
         blob = (directory / WEIGHTS_FILE).read_bytes()
     except FileNotFoundError as exc:
         raise CheckpointError(
@@ -98,8 +113,14 @@ def load_checkpoint(directory: str | os.PathLike, device: torch.device | str = "
         ) from None
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read checkpoint {directory}: {exc}") from None
+    except RecursionError:
+        raise CheckpointError(f"{directory / META_FILE}: nested too deeply to be a checkpoint") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{directory / META_FILE}: unsupported checkpoint format")
+    if META_HASH in meta and meta[META_HASH] != _meta_digest(meta):
+        raise CheckpointError(
+            f"{directory / META_FILE} does not match its recorded hash: the checkpoint was modified"
+        )
     if hashlib.sha256(blob).hexdigest() != meta.get("weights_sha256"):
         raise CheckpointError(
             f"{directory / WEIGHTS_FILE} does not match the hash recorded in {META_FILE}: "

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from maml_tune import load_learner
-from maml_tune.core.checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from maml_tune.core.checkpoint import WEIGHTS_FILE, _meta_digest, load_checkpoint, save_checkpoint
 from maml_tune.core.run import train_and_test
 from maml_tune.errors import CheckpointError
 from maml_tune.families.sinusoid import Sinusoid
@@ -56,6 +56,7 @@ def test_pickled_payload_is_refused(trained, tmp_path):
     import hashlib
 
     meta["weights_sha256"] = hashlib.sha256(payload).hexdigest()
+    meta["meta_sha256"] = _meta_digest(meta)  # a consistent forgery of both hashes
     (directory / "checkpoint.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="invalid"):
         load_checkpoint(directory)
@@ -100,3 +101,23 @@ def test_api_predictions_do_not_depend_on_the_rest_of_the_batch(tmp_path):
     transductive = model.predict(batch, query_norm="transductive")
     assert (transductive[3:4] - model.predict(batch[3:4], query_norm="transductive")).abs().max() > 1e-3
     assert (transductive - model.predict(batch)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("edit", ["kind", "test_inner_steps", "nested"])
+def test_edited_metadata_is_refused(trained, tmp_path, edit):
+    """checkpoint.json carries its own SHA-256: an edited kind or setting (a 1e9-step test
+    adaptation would run for hours) is refused in one error, as is JSON nested to exhaust the parser."""
+    config, learner, _ = trained
+    directory = save_checkpoint(tmp_path / "ckpt", learner, config)
+    path = directory / "checkpoint.json"
+    meta = json.loads(path.read_text())
+    if edit == "kind":
+        meta["kind"] = "classification"
+    elif edit == "test_inner_steps":
+        meta["config"]["algo"]["test_inner_steps"] = 10**9
+    if edit == "nested":
+        path.write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="modified|nested|invalid"):
+        load_checkpoint(directory)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from reliability_helpers import cli_env, drop_study, postgres_or_skip, run_cli, unique_name, write_spec
 
-from maml_tune.core.checkpoint import load_checkpoint, save_checkpoint
+from maml_tune.core.checkpoint import _meta_digest, load_checkpoint, save_checkpoint
 from maml_tune.errors import CheckpointError
 
 pytestmark = pytest.mark.slow
@@ -95,6 +95,7 @@ def test_a_checkpoint_holding_a_pickled_payload_is_refused(tmp_path):
     torch.save({"net.0.weight": Payload()}, weights)
     meta = json.loads((directory / "checkpoint.json").read_text())
     meta["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()  # a consistent forgery
+    meta["meta_sha256"] = _meta_digest(meta)
     (directory / "checkpoint.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="invalid"):
         load_checkpoint(directory)
