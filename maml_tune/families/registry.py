@@ -323,7 +323,7 @@ def _load(plugin: Plugin) -> None:
     try:
         family = plugin._loader()
         problem = contract_problem(family)
-    except (Exception, SystemExit) as exc:  # a plugin may raise anything on import
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a plugin may raise anything on import
         problem = _one_line(exc) if not isinstance(exc, PluginError) else str(exc)
         family = None
     if problem is None and family.name != plugin.name:
