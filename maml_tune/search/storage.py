@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import random
 import re
 import sqlite3
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +33,8 @@ HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S = 10, 60
 """Seconds between a running trial's heartbeats, and of silence before it counts as lost
 (the environment variables above override them: :func:`heartbeat_seconds`)."""
 MAX_RETRY = 2
+SCHEMA_RACE_RETRIES = 5
+_SCHEMA_RACE_SIGNS = ("already exists", "UNIQUE constraint failed: alembic_version", "duplicate key value")
 
 
 def heartbeat_seconds() -> tuple[int, int]:
@@ -144,12 +148,21 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True, create: bool
             grace_period=max(grace, 2 * interval),
             heartbeat_stale_trial_callback=retry_callback(MAX_RETRY),
         )
-    try:
-        with storage_errors(url, "reach"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return _storage_class()(url, **kwargs)
-    except RuntimeError as exc:  # schema version mismatch and the like
-        raise StorageError(f"cannot use study database {mask_url(url)}: {_first_line(exc)}") from None
+    attempt = 0
+    while True:
+        try:
+            with storage_errors(url, "reach"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return _storage_class()(url, **kwargs)
+        except RuntimeError as exc:  # schema version mismatch and the like
+            raise StorageError(f"cannot use study database {mask_url(url)}: {_first_line(exc)}") from None
+        except StorageError as exc:
+            # Processes that start together on a new database race to create its tables; the
+            # losers see them half made. They exist a moment later: try again.
+            if attempt == SCHEMA_RACE_RETRIES or not any(sign in str(exc) for sign in _SCHEMA_RACE_SIGNS):
+                raise
+            attempt += 1
+            time.sleep(0.2 * attempt + random.random() * 0.3)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ otherwise a :class:`StudyError` asks for a new name.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from typing import Any
 
@@ -39,6 +40,21 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [k for k in keys if old.get(k) != new.get(k)]
 
 
+MARKER_WAIT_S = 10.0
+"""How long a search waits for the maml-tune marker of an empty study another process has
+just created (Optuna creates the study first; its creator writes the marker right after)."""
+
+
+def _marker(study: Any) -> dict[str, Any] | None:
+    """The study's maml-tune attribute; for a study with no trials yet, waits for it a while."""
+    deadline = time.monotonic() + MARKER_WAIT_S
+    while True:
+        attrs = study.user_attrs.get(results.STUDY_ATTR)
+        if attrs or study.get_trials(deepcopy=False) or time.monotonic() > deadline:
+            return attrs
+        time.sleep(0.1)
+
+
 def create_or_resume(spec: StudySpec, storage: Any, study_name: str, *, sampler=None, pruner=None):
     """The study ``study_name``: created with ``spec``'s directions, or loaded after a compatibility check."""
     quiet_optuna()
@@ -46,7 +62,7 @@ def create_or_resume(spec: StudySpec, storage: Any, study_name: str, *, sampler=
     names = set(optuna.get_all_study_names(storage))
     if study_name in names:
         study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
-        attrs = study.user_attrs.get(results.STUDY_ATTR)
+        attrs = _marker(study)
         where = mask_url(str(storage.url))
         if not attrs or "fingerprint" not in attrs:
             raise StudyError(

@@ -9,7 +9,15 @@ import threading
 
 import optuna
 import pytest
-from reliability_helpers import assert_finished_study, cli_env, run_cli, write_spec
+from reliability_helpers import (
+    assert_finished_study,
+    cli_env,
+    run_cli,
+    start_cli,
+    stop_group,
+    trial_rows,
+    write_spec,
+)
 
 from maml_tune.families.registry import Registry
 from maml_tune.search.events import StorageFailed, WorkerFailed
@@ -101,3 +109,56 @@ def test_eight_workers_on_postgres(tmp_path, postgres_url):
     finally:
         drop_study(postgres_url, name)
     assert name not in optuna.get_all_study_names(postgres_url)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("existing_file", [False, True], ids=["new-file", "new-study-in-existing-file"])
+def test_separate_processes_started_together_all_join_one_study(tmp_path, existing_file):
+    """8 ``maml-tune search`` processes started at once on one SQLite file: whichever creates
+    the tables and the study, the others join it (no UNIQUE/'already exists' race, no
+    'not created by maml-tune' while the creator writes its marker); the study completes."""
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    spec = write_spec(tmp_path, iterations=5)
+    env = cli_env(tmp_path)
+    if existing_file:
+        first = run_cli(
+            [
+                "search",
+                str(spec),
+                "--storage",
+                url,
+                "--study-name",
+                "other",
+                "--n-trials",
+                "1",
+                "--checkpoints",
+                str(tmp_path / "ck"),
+            ],
+            tmp_path,
+            env,
+        )
+        assert first.returncode == 0, first.stderr
+    args = [
+        "search",
+        str(spec),
+        "--storage",
+        url,
+        "--study-name",
+        "race",
+        "--n-trials",
+        "8",
+        "--checkpoints",
+        str(tmp_path / "ck"),
+    ]
+    processes = [start_cli(args, tmp_path, env) for _ in range(8)]
+    try:
+        outcomes = [(p.wait(timeout=400), p.stderr.read()) for p in processes]
+    finally:
+        for p in processes:
+            stop_group(p)
+    failed = [stderr.strip().splitlines()[-1] for code, stderr in outcomes if code != 0]
+    assert not failed, failed
+    rows = trial_rows(url, "race")
+    assert sum(r["state"] == "COMPLETE" for r in rows) >= 8 and not [
+        r for r in rows if r["state"] == "RUNNING"
+    ]
