@@ -74,6 +74,11 @@ def handling(
         state.active = False
 
 
+def request() -> None:
+    """Ask for a stop as a first signal would (the worker whose parent died does)."""
+    state.requested = True
+
+
 def requested() -> bool:
     return state.active and state.requested
 

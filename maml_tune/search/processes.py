@@ -14,6 +14,7 @@ import os
 import queue
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -27,17 +28,37 @@ from maml_tune.search.events import (
     send_status,
     send_status_quietly,
 )
+from maml_tune.search.recovery import recover_orphans
 from maml_tune.search.worker import WorkerJob, run_worker
 
 WORKER_STOP_TIMEOUT_S = 120.0
 """How long the parent waits for interrupted worker processes before killing them."""
 
 
-def _process_main(job: WorkerJob, events: Any) -> None:
-    """Entry point of a spawned worker process: events go back through ``events`` (a queue)."""
+PARENT_POLL_S = 1.0
+"""How often a worker process checks that the search that started it is still there."""
+MAX_RESPAWNS = 3
+"""Worker processes killed from outside that the search replaces, per worker slot."""
+EVENT_SLICE_S = 0.2
+"""The parent handles queued events for at most this long between interrupt checks."""
+
+
+def _watch_parent(parent: int) -> None:
+    # The search was killed (SIGKILL leaves no chance to forward anything): stop as if
+    # interrupted, closing the running trial, rather than run on unsupervised.
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    interrupt.request()
+
+
+def _process_main(job: WorkerJob, events: Any, parent: int) -> None:
+    """Entry point of a spawned worker process: events go back through ``events`` (a queue);
+    ``parent`` is the pid of the search that started it."""
 
     def sink(event: Event) -> None:
         events.put(event)
+
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
     # Ctrl-C in a terminal reaches every worker; the parent forwards it as SIGTERM. Either
     # way a worker closes its trial and stops, and ignores repeats (the parent may give up).
@@ -61,37 +82,61 @@ def run_processes(jobs: list[WorkerJob], study: Any, sink: EventSink) -> list[st
     if jobs[0].threads is None:
         per_worker = max(1, (os.cpu_count() or 1) // len(jobs))
         jobs = [dataclasses.replace(job, threads=per_worker) for job in jobs]
-    processes = [
-        context.Process(
-            target=_process_main, args=(job, events), daemon=False, name=f"maml-tune-worker-{job.worker}"
+
+    def start(job: WorkerJob):
+        process = context.Process(
+            target=_process_main, args=(job, events, os.getpid()), daemon=False,
+            name=f"maml-tune-worker-{job.worker}",
         )
-        for job in jobs
-    ]
-    errors: list[str] = []
-    for process in processes:
         process.start()
+        return process
+
+    processes = [start(job) for job in jobs]
+    respawns = [0] * len(jobs)
+    errors: list[str] = []
     last_status = 0.0
 
     def drain() -> None:
-        try:
-            while True:
-                event = events.get(timeout=0.2)
-                if isinstance(event, WorkerFailed):
-                    errors.append(f"worker {event.worker}: {event.message}")
-                sink(event)
-        except queue.Empty:
-            pass
+        # A time slice, not "until quiet": under a steady stream of events the interrupt check
+        # between slices must still come round.
+        deadline = time.monotonic() + EVENT_SLICE_S
+        while time.monotonic() < deadline:
+            try:
+                event = events.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                return
+            if isinstance(event, WorkerFailed):
+                errors.append(f"worker {event.worker}: {event.message}")
+            sink(event)
+
+    def replace_killed() -> None:
+        """A worker killed from outside (a signal, the OOM killer) leaves a RUNNING trial and its
+        share of the study: fail and re-queue the trial now, and start a new worker in its place."""
+        for index, process in enumerate(processes):
+            if process.is_alive() or process.exitcode is None or process.exitcode >= 0:
+                continue
+            if respawns[index] >= MAX_RESPAWNS:
+                continue
+            respawns[index] += 1
+            recovered = recover_orphans(study)
+            errors.append(
+                f"worker {jobs[index].worker}: killed by signal {-process.exitcode}; "
+                f"re-queued trial(s) {', '.join(map(str, recovered)) or 'none'} and started a new worker"
+            )
+            processes[index] = start(jobs[index])
 
     try:
         while True:
             interrupt.check()
-            alive = any(p.is_alive() for p in processes)
             drain()
+            replace_killed()
+            alive = any(p.is_alive() for p in processes)
             now = time.monotonic()
             if now - last_status >= STATUS_INTERVAL_S:
                 last_status = now
                 send_status_quietly(study, sink)
             if not alive:
+                drain()  # what the last workers sent before they exited
                 break
     except KeyboardInterrupt:
         # Forward the interrupt (a terminal already sent it to the whole process group; the

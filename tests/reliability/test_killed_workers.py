@@ -21,6 +21,7 @@ from reliability_helpers import (
     running_trials,
     start_cli,
     stop_group,
+    trial_rows,
     wait_for,
     write_spec,
 )
@@ -67,3 +68,70 @@ def test_sigkill_mid_trial_is_failed_retried_and_the_study_completes(any_url, tm
     assert "heartbeat" in failed["user"]["reason"]
     assert_retried(rows, killed)
     assert len(rows) == N_TRIALS + 1
+
+
+def _workers_args(spec, url, name, tmp_path, n_trials):
+    return [
+        "search",
+        str(spec),
+        "--storage",
+        url,
+        "--study-name",
+        name,
+        "--n-trials",
+        str(n_trials),
+        "--workers",
+        "2",
+        "--checkpoints",
+        str(tmp_path / "ckpt"),
+    ]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_killed_worker_process_is_replaced_and_the_study_completes(tmp_path):
+    """kill -9 of one of two worker processes: its trial is failed with a reason and re-queued
+    at once, a new worker takes its share, and the search ends 0 with exactly --n-trials complete."""
+    url, name = f"sqlite:///{tmp_path / 'studies.db'}", "workers"
+    spec = write_spec(tmp_path, iterations=60)
+    search = start_cli(_workers_args(spec, url, name, tmp_path, 4), tmp_path, cli_env(tmp_path))
+    try:
+        running = wait_for(lambda: running_trials(url, name), 180, "a RUNNING trial")
+        victim = running[0]
+        pid = victim["user"]["process"]["pid"]
+        assert pid != search.pid
+        os.kill(pid, signal.SIGKILL)
+        _, stderr = search.communicate(timeout=300)
+    finally:
+        stop_group(search)
+    assert search.returncode == 0, stderr[-2000:]
+    assert "killed by signal 9" in stderr and "started a new worker" in stderr
+    rows = assert_finished_study(url, name, complete=4)
+    failed = next(r for r in rows if r["number"] == victim["number"])
+    assert failed["state"] == "FAIL" and failed["user"].get("reason"), failed
+    assert_retried(rows, victim["number"])
+
+
+def test_workers_stop_when_their_search_is_killed(tmp_path):
+    """kill -9 of the search under --workers 2: its workers notice within seconds, close their
+    trials as interrupted and exit, instead of running the study on unsupervised."""
+    url, name = f"sqlite:///{tmp_path / 'studies.db'}", "orphans"
+    spec = write_spec(tmp_path, iterations=400)
+    search = start_cli(_workers_args(spec, url, name, tmp_path, 6), tmp_path, cli_env(tmp_path))
+    try:
+        running = wait_for(lambda: running_trials(url, name, 2), 180, "two RUNNING trials")
+        pids = [r["user"]["process"]["pid"] for r in running]
+        os.kill(search.pid, signal.SIGKILL)
+        search.wait(timeout=10)
+        wait_for(lambda: not any(_alive(pid) for pid in pids) or None, 60, "the workers to exit")
+    finally:
+        stop_group(search)
+    rows = trial_rows(url, name)
+    assert not [r for r in rows if r["state"] == "RUNNING"], [r["state"] for r in rows]
+    assert sum(r["state"] == "COMPLETE" for r in rows) < 6
