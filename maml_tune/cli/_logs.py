@@ -67,7 +67,7 @@ class ProgressLog:
         self.clock = clock
         self._last: dict[str, tuple[float, float]] = {}
 
-    def event(self, name: str, text: str, **fields: Any) -> None:
+    def event(self, name: str, text: str, /, **fields: Any) -> None:
         """Write one event now: ``text`` for people, ``fields`` for JSON readers."""
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
         if self.as_json:
@@ -78,7 +78,9 @@ class ProgressLog:
         self.stream.write(line + "\n")
         self.stream.flush()
 
-    def steady(self, key: str, done: float, total: float | None, name: str, text: str, **fields: Any) -> None:
+    def steady(
+        self, key: str, done: float, total: float | None, name: str, text: str, /, **fields: Any
+    ) -> None:
         """Write the repeated event ``key`` at ``done`` of ``total`` when it is due (see above)."""
         now = self.clock()
         last = self._last.get(key)

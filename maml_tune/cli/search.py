@@ -33,6 +33,7 @@ from maml_tune.cli._common import (
 from maml_tune.search.catalog import METRIC_MEANINGS
 from maml_tune.search.events import (
     Event,
+    FamilyPreparing,
     IterationDone,
     Status,
     StorageFailed,
@@ -120,6 +121,14 @@ class _Display:
                 self.overall, completed=min(done, p.tasks[self.overall].total or done), best=f"best {best}"
             )
             self._show_counts()
+        elif isinstance(event, FamilyPreparing):
+            task = self._worker(event.worker)
+            p.update(
+                task,
+                description=f"worker {event.worker}: {event.what}",
+                completed=event.done,
+                total=event.total,
+            )
         elif isinstance(event, TrialStarted):
             self.running.add(event.trial)
             self._show_counts()
@@ -218,6 +227,18 @@ class _LogDisplay:
                 )
             if event.baseline:
                 log.event("study.baseline", "baseline (literature configuration) enqueued as the next trial")
+        elif isinstance(event, FamilyPreparing):
+            log.steady(
+                f"prepare {event.worker}",
+                event.done,
+                event.total,
+                "prepare",
+                f"worker {event.worker}: {event.what}: {event.done}/{event.total}",
+                worker=event.worker,
+                what=event.what,
+                done=event.done,
+                total=event.total,
+            )
         elif isinstance(event, TrialStarted):
             self.params[event.trial] = event.params
             log.forget(f"trial {event.trial}")

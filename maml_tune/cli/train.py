@@ -349,10 +349,12 @@ def bench(
         overrides["train.precision"] = precision
     torch_device = resolve_device(device)
     task_family, config = registry(ctx).configure(family, overrides)
-    task_family.prepare()
+    with training_progress(ctx) as (prepare_progress, _):
+        task_family.prepare(prepare_progress)
     t = config.train
     reason = choose(config.arch, torch_device, config.algo, t.strategy, t.task_chunk).reason
-    result = measure_throughput(config, task_family, torch_device, seconds)
+    with work_progress(ctx, "bench windows") as report:
+        result = measure_throughput(config, task_family, torch_device, seconds, progress=report)
     requested = config.train.strategy
     if as_json:
         print_json(

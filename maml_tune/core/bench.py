@@ -6,6 +6,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -68,11 +69,16 @@ def _sync(device: torch.device) -> None:
 
 
 def measure_throughput(
-    config: RunConfig, sampler: TaskSampler, device: torch.device, seconds: float
+    config: RunConfig,
+    sampler: TaskSampler,
+    device: torch.device,
+    seconds: float,
+    progress: Callable[[int, int], None] | None = None,
 ) -> BenchResult:
     """Run meta-training's own iterations (:meth:`MetaTrainer.step`: sample, meta-gradient,
     finiteness checks, clipping, optimiser step) of ``config`` for about ``seconds`` after
-    warm-up, in :data:`WINDOWS` windows, and report the median rate."""
+    warm-up, in :data:`WINDOWS` windows, and report the median rate; ``progress(done, WINDOWS)``
+    follows the windows."""
     trainer = MetaTrainer(config, sampler, device)
     run = trainer.start()
     meta_batch = config.train.meta_batch
@@ -100,6 +106,8 @@ def measure_throughput(
             if elapsed >= window:
                 break
         rates.append(count * meta_batch / elapsed)
+        if progress is not None:
+            progress(len(rates), WINDOWS)
     gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return BenchResult(
         trainer.strategy, str(device), meta_batch, config.algo.inner_steps, config.algo.is_first_order,

@@ -1,7 +1,8 @@
 """Progress of a search, sent to an ``events`` callable; the search itself never prints.
 
 Each event is a small frozen dataclass, one per kind; a consumer dispatches on its type.
-``StudyOpened`` comes once, before trials run; ``TrialStarted``, ``IterationDone``,
+``StudyOpened`` comes once, before trials run, and ``FamilyPreparing`` while a worker's
+family loads its data; ``TrialStarted``, ``IterationDone``,
 ``Validated`` and ``TrialEnded`` follow each trial; ``Status`` after each trial (or every
 ``STATUS_INTERVAL_S`` with several workers); ``StorageFailed`` before a storage retry and
 ``WorkerFailed`` when a worker process stops on an error. They are picklable, so worker
@@ -35,6 +36,16 @@ class StudyOpened:
     baseline: dict[str, Any] | None
     recovered: list[int]
     device: str
+
+
+@dataclass(frozen=True)
+class FamilyPreparing:
+    """A worker's family is loading its data (``done`` of ``total`` of ``what``), before its trials."""
+
+    worker: int
+    done: int
+    total: int
+    what: str
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,7 @@ class WorkerFailed:
 
 Event = (
     StudyOpened
+    | FamilyPreparing
     | TrialStarted
     | IterationDone
     | Validated

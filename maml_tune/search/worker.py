@@ -22,7 +22,7 @@ from maml_tune.errors import StorageError
 from maml_tune.families.registry import Registry
 from maml_tune.search import backoff, interrupt, results
 from maml_tune.search.checkpoints import CheckpointKeeper
-from maml_tune.search.events import EventSink, StorageFailed, TrialEnded
+from maml_tune.search.events import EventSink, FamilyPreparing, StorageFailed, TrialEnded
 from maml_tune.search.objective import TrialObjective
 from maml_tune.search.record import TrialAttrs
 from maml_tune.search.recovery import close_lost_trial, requeue_interrupted
@@ -84,7 +84,7 @@ def run_worker(job: WorkerJob, sink: EventSink) -> int:
     spec = job.spec
     device = worker_device(job.device, job.worker)
     family = Registry(job.plugins_dir).create(spec.family, dict(spec.family_options))
-    family.prepare()
+    family.prepare(lambda done, total, what: sink(FamilyPreparing(job.worker, done, total, what)))
     storage = open_storage(job.storage)
     study = optuna.load_study(
         study_name=job.study_name,

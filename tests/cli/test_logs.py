@@ -177,3 +177,34 @@ def test_evaluate_logs_its_meta_test(tmp_path):
     assert (
         records[0]["event"] == "meta-test" and records[-1]["tasks_done"] == records[-1]["tasks_total"] == 120
     )
+
+
+@pytest.mark.slow
+def test_a_minute_long_redirected_train_logs_at_its_steady_cadence(tmp_path):
+    """About a minute of meta-training with the default 10 s cadence: lines arrive 10 s or
+    more apart while it runs, the first long before the end."""
+    lines, ended, proc = _run("train", "--iterations", "35000", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout, lines)
+    train = [t for t, line in lines if re.match(f"{STAMP} train: iteration \\d+/35000", line)]
+    assert len(train) >= 4, lines
+    gaps = [b - a for a, b in zip(train, train[1:-1])]
+    assert all(gap >= 9.0 for gap in gaps), gaps
+    assert train[0] < ended - 30.0
+
+
+def test_bench_and_a_search_worker_s_data_preparation_are_logged(tmp_path):
+    from typer.testing import CliRunner
+
+    from maml_tune.cli.main import app
+    from maml_tune.cli.search import _LogDisplay
+    from maml_tune.search.events import FamilyPreparing
+
+    result = CliRunner().invoke(app, ["--log-format", "json", "bench", "--seconds", "0.5", "--json"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stderr.splitlines()]
+    assert [r["tasks_done"] for r in records if r["event"] == "bench windows"][-1] == 5
+    stream = io.StringIO()
+    display = _LogDisplay(ProgressLog(stream))
+    display(FamilyPreparing(0, 0, 4840, "decoding Omniglot images"))
+    display(FamilyPreparing(0, 4840, 4840, "decoding Omniglot images"))
+    assert stream.getvalue().count("prepare: worker 0: decoding Omniglot images") == 2
