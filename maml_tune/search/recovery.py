@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from maml_tune.search import backoff, interrupt, results
 from maml_tune.search.objective import process_identity
 from maml_tune.search.record import TrialAttrs, write
-from maml_tune.search.storage import retry_callback
+from maml_tune.search.storage import STALE_REASON, retry_callback
 
 
 def _process_alive(identity: Any) -> bool:
@@ -53,7 +53,7 @@ def recover_orphans(study: Any) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         identity = TrialAttrs.of(trial).process
         if trial._trial_id in stale:
-            reason = "its worker stopped sending heartbeats (killed or lost)"
+            reason = STALE_REASON
         elif not _process_alive(identity):
             reason = f"its worker process {identity['pid']} on {identity['host']} is gone (killed)"
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import random
 import re
@@ -33,6 +34,7 @@ HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S = 10, 60
 """Seconds between a running trial's heartbeats, and of silence before it counts as lost
 (the environment variables above override them: :func:`heartbeat_seconds`)."""
 MAX_RETRY = 2
+STALE_REASON = "its worker stopped sending heartbeats (killed or lost)"
 SCHEMA_RACE_RETRIES = 5
 _SCHEMA_RACE_SIGNS = ("already exists", "UNIQUE constraint failed: alembic_version", "duplicate key value")
 
@@ -208,6 +210,19 @@ def _storage_class() -> type:
                 if template_trial is None:
                     self.asked_trial_id = trial._trial_id
                 return trial
+
+            def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+                # Optuna fails these right after asking, and a failed trial takes no more
+                # attributes: record why while they are still RUNNING.
+                from maml_tune.search.record import write
+
+                stale = super()._get_stale_trial_ids(study_id)
+                for trial_id in stale:
+                    try:
+                        write(functools.partial(self.set_trial_user_attr, trial_id), reason=STALE_REASON)
+                    except optuna.exceptions.UpdateFinishedTrialError:
+                        pass  # another worker failed it first
+                return stale
 
             def record_heartbeat(self, trial_id: int) -> None:
                 # A failed beat would end Optuna's heartbeat thread and let the trial go stale

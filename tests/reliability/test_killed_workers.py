@@ -135,3 +135,43 @@ def test_workers_stop_when_their_search_is_killed(tmp_path):
     rows = trial_rows(url, name)
     assert not [r for r in rows if r["state"] == "RUNNING"], [r["state"] for r in rows]
     assert sum(r["state"] == "COMPLETE" for r in rows) < 6
+
+
+def test_a_trial_failed_by_another_worker_s_heartbeat_check_gets_a_reason(tmp_path):
+    """Two searches run one study with short heartbeats; one is killed mid-trial. The other
+    fails the stale trial at its next trial start (Optuna's heartbeat check) and re-queues it;
+    the failed trial records why (it used to be left without a reason)."""
+    url, name = f"sqlite:///{tmp_path / 'studies.db'}", "stale"
+    spec = write_spec(tmp_path, iterations=1500)  # trials of seconds: both searches in one
+    env = cli_env(tmp_path, MAML_TUNE_HEARTBEAT_INTERVAL="1", MAML_TUNE_GRACE_PERIOD="2")
+    args = [
+        "search",
+        str(spec),
+        "--storage",
+        url,
+        "--study-name",
+        name,
+        "--n-trials",
+        "6",
+        "--checkpoints",
+        str(tmp_path / "ckpt"),
+    ]
+    victim = start_cli(args, tmp_path, env)
+    try:
+        wait_for(lambda: running_trials(url, name), 120, "the first search's trial")
+        survivor = start_cli(args, tmp_path, env)
+        running = wait_for(lambda: running_trials(url, name, 2), 120, "a trial of each search")
+        killed = next(r for r in running if r["user"]["process"]["pid"] == victim.pid)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=10)
+        _, stderr = survivor.communicate(timeout=300)
+    finally:
+        stop_group(victim)
+        stop_group(survivor)
+    assert survivor.returncode == 0, stderr[-2000:]
+    rows = trial_rows(url, name)
+    # (The survivor then ran more than --n-trials complete trials: an over-run still open in issue 17.)
+    assert sum(r["state"] == "COMPLETE" for r in rows) >= 3 and "RUNNING" not in [r["state"] for r in rows]
+    failed = next(r for r in rows if r["number"] == killed["number"])
+    assert failed["state"] == "FAIL" and "heartbeats" in failed["user"]["reason"], failed
+    assert_retried(rows, failed["number"])
