@@ -130,11 +130,11 @@ def test_bench_reports_the_strategy_and_its_options():
     result = CliRunner().invoke(app, args + ["--strategy", "batched", "--task-chunk", "2",
                                              "--precision", "bf16"])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)  # progress lines go to stderr
     assert data["strategy"] == "batched" and data["task_chunk"] == 2 and data["precision"] == "bf16"
     assert data["tasks_per_sec"] > 0 and data["peak_rss_mb"] > 0 and "peak_gpu_mb" not in data
     assert data["strategy_reason"].startswith("requested")
-    auto = json.loads(CliRunner().invoke(app, args).output)
+    auto = json.loads(CliRunner().invoke(app, args).stdout)
     assert auto["strategy"] == "batched" and "auto" in auto["strategy_reason"]
     table = CliRunner().invoke(app, args[:-1])
     text = " ".join(table.output.split())
