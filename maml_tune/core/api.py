@@ -19,6 +19,7 @@ import torch
 from maml_tune.core.checkpoint import Checkpoint, load_checkpoint
 from maml_tune.core.device import resolve_device
 from maml_tune.core.inner import Params
+from maml_tune.core.learner import MetaLearner
 from maml_tune.core.nets import HEAD_PREFIX
 from maml_tune.errors import ConfigError
 
@@ -63,6 +64,7 @@ class Learner:
         self.config = checkpoint.config
         self.kind, self.input_shape = checkpoint.kind, checkpoint.input_shape
         self.output_size = checkpoint.output_size
+        self._resized: dict[int, MetaLearner] = {}  # learners for other class counts, built once each
 
     def __repr__(self) -> str:
         classes = "any number of" if self.any_way else f"{self.output_size}"
@@ -114,7 +116,9 @@ class Learner:
                 raise ConfigError(f"a classification task needs at least 2 classes, got {n_way}")
             if y.numel() and (y.min() < 0 or y.max() >= n_way):
                 raise ConfigError(f"support labels must be in [0, {n_way}) for a {n_way}-way task")
-            meta_learner = meta_learner.resized(n_way)
+            if n_way not in self._resized:
+                self._resized[n_way] = meta_learner.resized(n_way)
+            meta_learner = self._resized[n_way]
         else:
             y = torch.as_tensor(support_y, dtype=torch.float32, device=self.device)
             if y.numel() != len(x) * self.output_size:

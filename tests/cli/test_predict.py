@@ -92,10 +92,9 @@ def invoke(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
-@pytest.fixture(scope="module")
-def glyph_checkpoint(tmp_path_factory):
-    """A checkpoint of the glyphs family, trained by ``maml-tune train`` from a local plugin."""
-    root = tmp_path_factory.mktemp("glyphs")
+def train_glyphs(root: Path, *sets: str) -> Path:
+    """``root`` with the glyphs plugin in ``root/plugins`` and a checkpoint in ``root/checkpoint``,
+    trained by ``maml-tune train`` with the extra ``--set`` values ``sets``."""
     (root / "plugins").mkdir()
     (root / "plugins" / "glyphs.py").write_text(GLYPHS)
     with pytest.MonkeyPatch.context() as mp:
@@ -104,10 +103,16 @@ def glyph_checkpoint(tmp_path_factory):
         result = invoke(
             "train", "--family", "glyphs", "--iterations", "5", "--set", "train.val_interval=5",
             "--set", "train.val_tasks=5", "--set", "eval_tasks=5", "--device", "cpu",
-            "--out", str(root / "checkpoint"),
+            *(arg for value in sets for arg in ("--set", value)), "--out", str(root / "checkpoint"),
         )
     assert result.exit_code == 0, result.output
     return root
+
+
+@pytest.fixture(scope="module")
+def glyph_checkpoint(tmp_path_factory):
+    """A checkpoint of the glyphs family, trained by ``maml-tune train`` from a local plugin."""
+    return train_glyphs(tmp_path_factory.mktemp("glyphs"))
 
 
 @pytest.fixture
@@ -205,18 +210,10 @@ def test_predict_refuses_a_support_set_with_another_number_of_classes(glyphs, tm
 @pytest.fixture(scope="module", params=["zero", "shared"])
 def any_way_glyphs(request, tmp_path_factory):
     """A glyphs checkpoint (trained 3-way) whose head serves any number of classes."""
-    root = tmp_path_factory.mktemp(f"glyphs-{request.param}")
-    (root / "plugins").mkdir()
-    (root / "plugins" / "glyphs.py").write_text(GLYPHS)
+    root = train_glyphs(tmp_path_factory.mktemp(f"glyphs-{request.param}"), f"arch.head={request.param}")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MAML_TUNE_PLUGINS_DIR", str(root / "plugins"))
         mp.delenv("MAML_TUNE_LOAD_PLUGINS", raising=False)
-        result = invoke(
-            "train", "--family", "glyphs", "--iterations", "5", "--set", "train.val_interval=5",
-            "--set", "train.val_tasks=5", "--set", "eval_tasks=5", "--set", f"arch.head={request.param}",
-            "--device", "cpu", "--out", str(root / "checkpoint"),
-        )
-        assert result.exit_code == 0, result.output
         yield root / "checkpoint"
 
 

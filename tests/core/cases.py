@@ -9,6 +9,7 @@ Nothing here imports pytest; ``load(name)`` loads a sibling module of this folde
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 import sys
@@ -42,6 +43,19 @@ ZERO_TOL = 1e-12
 # Problems: a small regression MLP and a small conv classifier.
 # ---------------------------------------------------------------------------------------
 
+# 2 × (conv → batch-stat norm → relu → pool) on 1×8×8; 3-way, 2 shots, 2 queries/class.
+# 9 channels: the first block takes its patch route (core/batched.py) one task per pass.
+_CONV = {
+    "arch": ArchConfig(kind="conv", blocks=2, channels=9),
+    "input_shape": (1, 8, 8),
+    "output_size": 3,
+    "kind": "classification",
+    "tasks": 3,
+    "support": 2,
+    "query": 2,
+    "inner_lr": 0.2,
+}
+
 PROBLEMS = {
     # 1-40-40-1 (Finn et al.); 4 tasks, 5 support / 5 query points.
     "mlp": {
@@ -54,18 +68,7 @@ PROBLEMS = {
         "query": 5,
         "inner_lr": 0.1,
     },
-    # 2 × (conv → batch-stat norm → relu → pool) on 1×8×8; 3-way, 2 shots, 2 queries/class.
-    # 9 channels: the first block takes its patch route (core/batched.py) one task per pass.
-    "conv": {
-        "arch": ArchConfig(kind="conv", blocks=2, channels=9),
-        "input_shape": (1, 8, 8),
-        "output_size": 3,
-        "kind": "classification",
-        "tasks": 3,
-        "support": 2,
-        "query": 2,
-        "inner_lr": 0.2,
-    },
+    "conv": _CONV,
     # The same on 1×9×9 with Finn et al.'s VALID pooling: 9 → 4 → 2, each pool dropping
     # the overhanging row and column (the SAME pooling above would give 9 → 5 → 3).
     "conv_valid": {
@@ -81,36 +84,11 @@ PROBLEMS = {
     # ResNet-12 at widths 2-5-10-20 on 3x10x10 (10 -> 5 -> 3 -> 2 -> 1, partial pooling
     # windows), the residual sums and global average pooling; 3-way as above.
     "resnet12": {
-        "arch": ArchConfig(kind="resnet12", channels=2),
-        "input_shape": (3, 10, 10),
-        "output_size": 3,
-        "kind": "classification",
-        "tasks": 3,
-        "support": 2,
-        "query": 2,
-        "inner_lr": 0.1,
+        **_CONV, "arch": ArchConfig(kind="resnet12", channels=2), "input_shape": (3, 10, 10), "inner_lr": 0.1,
     },
     # The conv problem with heads that serve any N: reset to zero, and one shared row.
-    "conv_zero_head": {
-        "arch": ArchConfig(kind="conv", blocks=2, channels=9, head="zero"),
-        "input_shape": (1, 8, 8),
-        "output_size": 3,
-        "kind": "classification",
-        "tasks": 3,
-        "support": 2,
-        "query": 2,
-        "inner_lr": 0.2,
-    },
-    "conv_shared_head": {
-        "arch": ArchConfig(kind="conv", blocks=2, channels=9, head="shared"),
-        "input_shape": (1, 8, 8),
-        "output_size": 3,
-        "kind": "classification",
-        "tasks": 3,
-        "support": 2,
-        "query": 2,
-        "inner_lr": 0.2,
-    },
+    "conv_zero_head": {**_CONV, "arch": dataclasses.replace(_CONV["arch"], head="zero")},
+    "conv_shared_head": {**_CONV, "arch": dataclasses.replace(_CONV["arch"], head="shared")},
 }
 
 # Float32 fidelity (tests/core/test_float32_fidelity.py): the engine in float32 on realistic
