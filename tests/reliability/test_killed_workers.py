@@ -102,7 +102,11 @@ def test_a_killed_worker_process_is_replaced_and_the_study_completes(tmp_path):
     spec = write_spec(tmp_path, iterations=60)
     search = start_cli(_workers_args(spec, url, name, tmp_path, 4), tmp_path, cli_env(tmp_path))
     try:
-        running = wait_for(lambda: running_trials(url, name), 180, "a RUNNING trial")
+        # Kill it under way, once its parameters are sampled (the retry must repeat them).
+        running = wait_for(
+            lambda: [r for r in running_trials(url, name) or [] if r["params"]] or None, 180,
+            "a RUNNING trial with its parameters",
+        )
         victim = running[0]
         pid = victim["user"]["process"]["pid"]
         assert pid != search.pid
@@ -160,7 +164,13 @@ def test_a_trial_failed_by_another_worker_s_heartbeat_check_gets_a_reason(tmp_pa
     try:
         wait_for(lambda: running_trials(url, name), 120, "the first search's trial")
         survivor = start_cli(args, tmp_path, env)
-        running = wait_for(lambda: running_trials(url, name, 2), 120, "a trial of each search")
+        running = wait_for(
+            lambda: (lambda rows: rows if len(rows) >= 2 else None)(
+                [r for r in running_trials(url, name) or [] if r["params"]]
+            ),
+            120,
+            "a trial of each search, its parameters sampled",
+        )
         killed = next(r for r in running if r["user"]["process"]["pid"] == victim.pid)
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(timeout=10)
