@@ -87,6 +87,12 @@ def _workers_args(spec, url, name, tmp_path, n_trials):
     ]
 
 
+def _sampled(url: str, name: str, at_least: int = 1):
+    """RUNNING trials whose parameters are sampled (a retry repeats them), if ``at_least``."""
+    rows = [r for r in running_trials(url, name) or [] if r["params"]]
+    return rows if len(rows) >= at_least else None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -103,10 +109,7 @@ def test_a_killed_worker_process_is_replaced_and_the_study_completes(tmp_path):
     search = start_cli(_workers_args(spec, url, name, tmp_path, 4), tmp_path, cli_env(tmp_path))
     try:
         # Kill it under way, once its parameters are sampled (the retry must repeat them).
-        running = wait_for(
-            lambda: [r for r in running_trials(url, name) or [] if r["params"]] or None, 180,
-            "a RUNNING trial with its parameters",
-        )
+        running = wait_for(lambda: _sampled(url, name), 180, "a RUNNING trial with its parameters")
         victim = running[0]
         pid = victim["user"]["process"]["pid"]
         assert pid != search.pid
@@ -164,13 +167,7 @@ def test_a_trial_failed_by_another_worker_s_heartbeat_check_gets_a_reason(tmp_pa
     try:
         wait_for(lambda: running_trials(url, name), 120, "the first search's trial")
         survivor = start_cli(args, tmp_path, env)
-        running = wait_for(
-            lambda: (lambda rows: rows if len(rows) >= 2 else None)(
-                [r for r in running_trials(url, name) or [] if r["params"]]
-            ),
-            120,
-            "a trial of each search, its parameters sampled",
-        )
+        running = wait_for(lambda: _sampled(url, name, 2), 120, "a trial of each search, parameters sampled")
         killed = next(r for r in running if r["user"]["process"]["pid"] == victim.pid)
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(timeout=10)
