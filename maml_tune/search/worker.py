@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 import torch
@@ -76,6 +76,9 @@ def _waiting_retries(trials: list[Any]) -> bool:
     return any(t.state.name == "WAITING" and "failed_trial" in t.system_attrs for t in trials)
 
 
+Outcome = Literal["done", "new", "retry"]
+
+
 def run_worker(job: WorkerJob, sink: EventSink) -> int:
     """Run trials of ``job.study_name`` until the quota, the study total or the deadline is reached."""
     quiet_optuna()
@@ -113,25 +116,26 @@ def run_worker(job: WorkerJob, sink: EventSink) -> int:
         callbacks.insert(
             0, CheckpointKeeper(job.checkpoint_root, job.study_name, spec.study.top_k_checkpoints)
         )
-    done = 0
+    done = 0  # new trials run; retries replace trials counted already, so they take no quota
 
-    def next_trial() -> bool:
-        """Run one trial; False when the worker is done."""
+    def next_trial() -> Outcome:
+        """Run one trial: a ``"new"`` one, a ``"retry"`` of a failed one, or none (``"done"``)."""
         interrupt.check()
         if job.deadline is not None and time.time() >= job.deadline:
-            return False
+            return "done"
         trials = study.get_trials(deepcopy=False)
         if results.counted_trials(trials) >= job.n_trials:
-            return False
+            return "done"
         if done >= job.quota and not _waiting_retries(trials):
-            return False
+            return "done"
         objective.trial_id = storage.asked_trial_id = None
         try:
             study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
         except KeyboardInterrupt:
             requeue_interrupted(study, objective.trial_id)
             raise
-        return True
+        # Only a new trial is inserted by this worker's storage; a retry was waiting already.
+        return "retry" if storage.asked_trial_id is None else "new"
 
     def report(exc: Exception) -> None:
         sink(StorageFailed(job.worker, backoff.storage_message(exc)))
@@ -145,7 +149,8 @@ def run_worker(job: WorkerJob, sink: EventSink) -> int:
     while True:
         try:
             # A trial that ran resets the count of consecutive storage errors.
-            if not backoff.retry(next_trial, before_pause=report, after_pause=close_trial):
+            outcome = backoff.retry(next_trial, before_pause=report, after_pause=close_trial)
+            if outcome == "done":
                 return done
         except Exception as exc:
             if not backoff.is_storage_error(exc):
@@ -154,4 +159,4 @@ def run_worker(job: WorkerJob, sink: EventSink) -> int:
                 f"lost the study database {mask_url(job.storage)} ({backoff.STORAGE_RETRIES} retries): "
                 f"{backoff.storage_message(exc)}"
             ) from None
-        done += 1
+        done += outcome == "new"

@@ -154,8 +154,8 @@ def trial_rows(url: str, study: str) -> list[dict[str, Any]]:
                     {"number": number, "state": state_name, "params": params, "user": user, "system": system}
                 )
             return out
-    except sqlalchemy.exc.OperationalError:
-        return []  # tables not created yet
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError):
+        return []  # tables not created yet (SQLite: OperationalError, PostgreSQL: ProgrammingError)
     finally:
         eng.dispose()
 
