@@ -173,3 +173,17 @@ def fmt(value: float | None, ci: float | None = None, digits: int = 4) -> str:
         return "-"
     text = f"{value:.{digits}g}"
     return text if ci is None else f"{text} ± {ci:.2g}"
+
+
+def params_text(params: dict[str, Any]) -> str:
+    """``inner_lr=0.01, steps=5``: the last part of each parameter's name, floats short."""
+    return ", ".join(f"{k.split('.')[-1]}={fmt(v) if isinstance(v, float) else v}" for k, v in params.items())
+
+
+def given_up_text(entry: dict[str, Any]) -> str:
+    """One line for a configuration given up on (``results.given_up_trials``): which, and why."""
+    return (
+        f"gave up on the configuration of trial {entry['first_trial']} ({params_text(entry['params'])}): "
+        f"its worker was lost in all {entry['runs']} runs, the last trial {entry['number']} "
+        f"({entry['reason']}); a new trial took its place"
+    )

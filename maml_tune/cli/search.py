@@ -21,6 +21,7 @@ from maml_tune.cli._common import (
     at_least,
     err,
     fmt,
+    given_up_text,
     live_progress,
     out,
     parse_sets,
@@ -486,6 +487,8 @@ def _print_result(result, storage: str | None) -> None:
     if meanings:
         table.caption = Text("; ".join(meanings) + " (± 95% intervals)")
     out.print(table)
+    for entry in s["given_up"]:
+        err.print(Text.assemble(("warning: ", "yellow"), given_up_text(entry)))
     for message in result.worker_errors:
         err.print(f"[yellow]warning:[/yellow] {message}")
     out.print(next_commands(result.study, storage), markup=False, highlight=False)

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from maml_tune.cli._common import JsonOption, fmt, out, print_json
+from maml_tune.cli._common import JsonOption, fmt, given_up_text, out, params_text, print_json
 from maml_tune.cli.search import StorageOption
 from maml_tune.search.record import TrialAttrs
 
@@ -94,15 +94,14 @@ def show_command(
         detail = (
             trial["reason"]
             if trial["state"] in ("PRUNED", "FAIL") and trial["reason"]
-            else ", ".join(
-                f"{k.split('.')[-1]}={fmt(v) if isinstance(v, float) else v}"
-                for k, v in trial["params"].items()
-            )
+            else params_text(trial["params"])
         )
         number = f"{trial['number']}{' (baseline)' if trial['baseline'] else ''}"
         duration = f"{trial['duration_seconds']:.1f}" if trial["duration_seconds"] else "-"
         table.add_row(number, trial["state"], _values(trial["values"]), duration, Text(detail))
     out.print(table)
+    for entry in data["given_up"]:
+        out.print(given_up_text(entry), markup=False, highlight=False)
 
 
 @studies_app.command("delete")

@@ -26,8 +26,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
-import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from maml_tune.core.trainer import TrainerCallback
 from maml_tune.errors import ConfigError, DivergenceError, StudyError
 from maml_tune.search import backoff, interrupt
 from maml_tune.search.events import EventSink, IterationDone, TrialStarted, Validated
+from maml_tune.search.identity import process_identity
 from maml_tune.search.record import write
 from maml_tune.search.space import suggest
 from maml_tune.search.spec import StudySpec
@@ -184,15 +183,6 @@ class TrialObjective:
         return values[0] if len(values) == 1 else tuple(values)
 
 
-def process_identity() -> dict[str, Any]:
-    """``{"host", "pid", "pid_ns"}`` of this process (``pid_ns`` separates containers on one host)."""
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        namespace = None
-    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_ns": namespace}
-
-
 def _error_reason(exc: BaseException) -> str:
     """``Type: first line``; for a storage error, the database driver's message."""
     cause = exc.__cause__ if type(exc).__name__ == "StorageInternalError" and exc.__cause__ else exc
@@ -315,6 +305,5 @@ __all__ = [
     "TrialObjective",
     "baseline_params",
     "checkpoint_dir",
-    "process_identity",
     "pruning_metric",
 ]

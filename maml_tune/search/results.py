@@ -19,7 +19,14 @@ from typing import Any
 from maml_tune.core.config import RunConfig
 from maml_tune.errors import ConfigError, StorageError, StudyError
 from maml_tune.search.record import TrialAttrs
-from maml_tune.search.storage import mask_url, normalize_url, open_storage, storage_url
+from maml_tune.search.storage import (
+    MAX_RETRY,
+    lost_worker,
+    mask_url,
+    normalize_url,
+    open_storage,
+    storage_url,
+)
 
 STUDY_ATTR = "maml_tune"
 """Study user attribute holding ``{"fingerprint", "spec", "version"}`` of the spec that created it."""
@@ -67,6 +74,17 @@ def retried(trial: Any, retried_numbers: set[int]) -> bool:
     return trial.state.name == "FAIL" and trial.number in retried_numbers
 
 
+def given_up(trial: Any, retried_numbers: set[int]) -> bool:
+    """A configuration whose worker was lost on each of its ``1 + MAX_RETRY`` runs (killed by the
+    system for its memory, say): it is not run again and does not count, so a new trial replaces it."""
+    return (
+        trial.state.name == "FAIL"
+        and trial.number not in retried_numbers
+        and lost_worker(TrialAttrs.of(trial).reason)
+        and len(trial.system_attrs.get("retry_history", [])) >= MAX_RETRY
+    )
+
+
 def retried_numbers(trials: list[Any]) -> set[int]:
     """Numbers of failed trials that a heartbeat retry re-queued (they are not counted twice)."""
     numbers: set[int] = set()
@@ -83,9 +101,28 @@ def counts(trials: list[Any]) -> dict[str, int]:
 
 
 def counted_trials(trials: list[Any]) -> int:
-    """Trials that count towards a study's requested total: all but WAITING and retried failures."""
+    """Trials that count towards a study's requested total: all but WAITING, retried failures and
+    configurations given up on (:func:`given_up`)."""
     again = retried_numbers(trials)
-    return sum(1 for t in trials if t.state.name != "WAITING" and not retried(t, again))
+    return sum(
+        1 for t in trials if t.state.name != "WAITING" and not retried(t, again) and not given_up(t, again)
+    )
+
+
+def given_up_trials(trials: list[Any]) -> list[dict[str, Any]]:
+    """The configurations given up on: the last run's number, the first's, how many runs, why."""
+    again = retried_numbers(trials)
+    return [
+        {
+            "number": t.number,
+            "first_trial": t.system_attrs.get("failed_trial", t.number),
+            "runs": len(t.system_attrs.get("retry_history", [])) + 1,
+            "params": dict(t.params),
+            "reason": TrialAttrs.of(t).reason,
+        }
+        for t in trials
+        if given_up(t, again)
+    ]
 
 
 def _finite(value: Any) -> Any:
@@ -150,6 +187,7 @@ def summary(study: Any) -> dict[str, Any]:
         "best_params": dict(best[0].params) if len(best) == 1 else None,
         "best_test": _test_metrics(best[0]) if len(best) == 1 else None,
         "pareto_size": len(best) if len(study.directions) > 1 else None,
+        "given_up": given_up_trials(trials),
         "baseline_trial": baseline.number if baseline else None,
         "baseline_values": [_finite(v) for v in baseline.values] if baseline and baseline.values else None,
         "started": min(starts).isoformat() if starts else None,

@@ -10,7 +10,6 @@ URL with its password masked (:func:`mask_url`).
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import os
 import random
@@ -18,7 +17,7 @@ import re
 import sqlite3
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ def heartbeat_seconds() -> tuple[int, int]:
             raise ConfigError(f"{name}: expected a whole number of seconds >= 1, got {raw!r}")
         values.append(int(raw))
     return values[0], values[1]
+
 
 _URL_PASSWORD = re.compile(
     # Everything between the user's ":" and the last "@" before the host: a password may
@@ -239,25 +239,106 @@ def _storage_class() -> type:
 RETRY_KEPT_USER_ATTRS = ("baseline",)
 """User attributes a retried trial inherits (the others, e.g. ``reason``, belong to the failed run)."""
 
+RETRY_CLAIM_TIMEOUT_S = 60.0
+"""A claim to re-queue a failed trial whose process is not known to be gone (another host) is
+taken over once it is this old without the retry having appeared (inserting one takes ms)."""
 
-def retry_callback(max_retry: int | None = MAX_RETRY):
-    """Optuna's :class:`RetryHeartbeatStaleTrialCallback`, except that the re-queued trial keeps
-    only :data:`RETRY_KEPT_USER_ATTRS` (not the failed run's ``reason``, ``checkpoint``, …).
 
-    The retry records ``failed_trial`` (the first failed trial) and ``retry_history`` in its
-    system attributes, as Optuna's callback does.
+def gone_reason(identity: dict[str, Any]) -> str:
+    """The reason of a trial failed because its worker process (on this host) no longer exists."""
+    return f"its worker process {identity['pid']} on {identity['host']} is gone (killed)"
+
+
+_GONE = re.compile(r"its worker process \d+ on .* is gone \(killed\)")
+
+
+def lost_worker(reason: str | None) -> bool:
+    """Whether a failed trial's ``reason`` says its worker was lost (the trial itself did not fail)."""
+    return reason == STALE_REASON or bool(reason and _GONE.fullmatch(reason))
+
+
+def requeue(study: Any, trial: Any, max_retry: int | None = MAX_RETRY) -> bool:
+    """Re-queue failed ``trial`` as a WAITING trial with the same parameters; True if this call did.
+
+    Not when it has been run ``max_retry`` times again already (None: no limit), nor when any
+    process, this one included, re-queued it already: the re-queue is claimed first by one
+    atomic insert, so two searches recovering the same trial never run it twice. The retry
+    records ``failed_trial`` (the first failed trial) and ``retry_history`` in its system
+    attributes, as Optuna's ``RetryHeartbeatStaleTrialCallback`` does, and keeps only the
+    user attributes in :data:`RETRY_KEPT_USER_ATTRS`.
     """
     import optuna
 
-    class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
-        def __call__(self, study: Any, trial: Any) -> None:
-            trial = copy.copy(trial)
-            trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in RETRY_KEPT_USER_ATTRS}
-            super().__call__(study, trial)
+    system_attrs = {"failed_trial": trial.number, **trial.system_attrs}
+    system_attrs["retry_history"] = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if max_retry is not None and len(system_attrs["retry_history"]) > max_retry:
+        return False
+    if not _claim_retry(study, trial.number):
+        return False
+    study.add_trial(
+        optuna.create_trial(
+            state=optuna.trial.TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k in RETRY_KEPT_USER_ATTRS},
+            system_attrs=system_attrs,
+        )
+    )
+    return True
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RetryStaleTrial(max_retry=max_retry)
+
+def retry_callback(max_retry: int | None = MAX_RETRY) -> Callable[[Any, Any], None]:
+    """:func:`requeue` as Optuna's heartbeat callback for the trials it finds stale."""
+
+    def callback(study: Any, trial: Any) -> None:
+        requeue(study, trial, max_retry)
+
+    return callback
+
+
+def _claim_retry(study: Any, number: int) -> bool:
+    """Claim, for this process, the re-queue of failed trial ``number`` of ``study``.
+
+    The claim is a study system attribute whose key is unique per study, inserted (never
+    upserted) so that exactly one of several racing processes succeeds. A claim left by a
+    process killed before it re-queued the trial (no retry exists) is taken over, by a
+    compare-and-set on the claim's value, once its process is gone or it is older than
+    :data:`RETRY_CLAIM_TIMEOUT_S`.
+    """
+    import json
+
+    import sqlalchemy
+
+    from maml_tune.search.identity import process_alive, process_identity
+
+    backend = getattr(study._storage, "_backend", study._storage)
+    engine = getattr(backend, "engine", None)
+    if engine is None:  # not a database (an in-memory study): one process
+        return True
+    table = sqlalchemy.table(
+        "study_system_attributes",
+        sqlalchemy.column("study_id"),
+        sqlalchemy.column("key"),
+        sqlalchemy.column("value_json"),
+    )
+    key = f"maml_tune:retry_claim:{number}"
+    mine = json.dumps({"process": process_identity(), "time": time.time()})
+    where = (table.c.study_id == study._study_id) & (table.c.key == key)
+    try:
+        with engine.begin() as connection:
+            connection.execute(table.insert().values(study_id=study._study_id, key=key, value_json=mine))
+        return True
+    except sqlalchemy.exc.IntegrityError:
+        pass  # claimed before: by a process that re-queued it, or died first
+    if any(number in t.system_attrs.get("retry_history", []) for t in study.get_trials(deepcopy=False)):
+        return False
+    with engine.begin() as connection:
+        held = connection.execute(sqlalchemy.select(table.c.value_json).where(where)).scalar_one_or_none()
+        claim = json.loads(held) if held else {}
+        if process_alive(claim.get("process")) and time.time() - claim.get("time", 0) < RETRY_CLAIM_TIMEOUT_S:
+            return False
+        unchanged = where & (table.c.value_json == held)
+        return connection.execute(table.update().where(unchanged).values(value_json=mine)).rowcount == 1
 
 
 def _first_line(exc: BaseException) -> str:
