@@ -34,6 +34,16 @@ HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S = 10, 60
 (the environment variables above override them: :func:`heartbeat_seconds`)."""
 MAX_RETRY = 2
 STALE_REASON = "its worker stopped sending heartbeats (killed or lost)"
+LIBPQ_TIMEOUTS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+"""PostgreSQL connection settings (libpq, seconds; the last in ms): a host cut off from the
+database notices within about 30 s, instead of TCP's 15 minutes, and its worker retries."""
 SCHEMA_RACE_RETRIES = 5
 _SCHEMA_RACE_SIGNS = ("already exists", "UNIQUE constraint failed: alembic_version", "duplicate key value")
 
@@ -122,7 +132,10 @@ def _prepare_sqlite(path: Path, url: str) -> None:
 def engine_kwargs(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4, "pool_recycle": 1800}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4, "pool_recycle": 1800}
+    if url.startswith(("postgresql://", "postgresql+psycopg://", "postgresql+psycopg2://")):
+        kwargs["connect_args"] = LIBPQ_TIMEOUTS
+    return kwargs
 
 
 def open_storage(url: str | None = None, *, heartbeat: bool = True, create: bool = True):

@@ -27,7 +27,7 @@ from maml_tune.search.objective import TrialObjective
 from maml_tune.search.record import TrialAttrs
 from maml_tune.search.recovery import close_lost_trial, requeue_interrupted
 from maml_tune.search.spec import StudySpec
-from maml_tune.search.storage import make_pruner, make_sampler, mask_url, open_storage
+from maml_tune.search.storage import lost_worker, make_pruner, make_sampler, mask_url, open_storage
 from maml_tune.search.study import quiet_optuna
 
 
@@ -76,7 +76,18 @@ def _waiting_retries(trials: list[Any]) -> bool:
     return any(t.state.name == "WAITING" and "failed_trial" in t.system_attrs for t in trials)
 
 
-Outcome = Literal["done", "new", "retry"]
+Outcome = Literal["done", "new", "retry", "lost"]
+"""What one turn of a worker did: nothing (it is done), a new trial, a retry of a failed one, or
+a trial another worker failed meanwhile (its heartbeats stopped reaching the database)."""
+
+
+def _lost_trial(storage: Any, trial_id: int | None) -> Any:
+    """The worker's trial if another worker failed it as lost meanwhile (else None): this
+    worker was cut off from the database long enough for its heartbeats to go stale."""
+    if trial_id is None:
+        return None
+    trial = storage.get_trial(trial_id)
+    return trial if trial.state.is_finished() and lost_worker(TrialAttrs.of(trial).reason) else None
 
 
 def run_worker(job: WorkerJob, sink: EventSink) -> int:
@@ -134,6 +145,22 @@ def run_worker(job: WorkerJob, sink: EventSink) -> int:
         except KeyboardInterrupt:
             requeue_interrupted(study, objective.trial_id)
             raise
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # "Cannot tell a FAIL trial"
+            lost = _lost_trial(storage, objective.trial_id)
+            if lost is None:
+                raise
+            sink(
+                TrialEnded(
+                    worker=job.worker,
+                    trial=lost.number,
+                    state=lost.state.name,
+                    values=None,
+                    reason=f"{TrialAttrs.of(lost).reason}; another worker failed and re-queued it "
+                    "while this one was cut off from the database, so its result is discarded",
+                    baseline=TrialAttrs.of(lost).baseline,
+                )
+            )
+            return "lost"
         # Only a new trial is inserted by this worker's storage; a retry was waiting already.
         return "retry" if storage.asked_trial_id is None else "new"
 
