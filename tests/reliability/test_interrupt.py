@@ -150,3 +150,58 @@ def test_sigint_to_the_parent_alone_is_forwarded_to_the_workers(tmp_path):
     for number in numbers:
         row = next(r for r in rows if r["number"] == number)
         assert row["state"] == "FAIL" and row["user"]["reason"] == REASON, row
+
+
+STALLING_PLUGIN = '''
+import time
+
+from maml_tune.families.sinusoid import Sinusoid
+
+
+class Stalling(Sinusoid):
+    """Sinusoid tasks, except that the 20th meta-training draw takes ten minutes."""
+
+    name = "stalling"
+    draws = 0
+
+    def sample(self, split, n_tasks, generator, device):
+        if split == "train":
+            Stalling.draws += 1
+            if Stalling.draws == 20:
+                time.sleep(600)
+        return super().sample(split, n_tasks, generator, device)
+'''
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_inside_one_very_long_meta_iteration_stops_within_seconds(tmp_path, workers):
+    """No safe point comes for ten minutes (one meta-iteration stalls in the family's draw):
+    the first Ctrl-C is delivered inside the computation after ESCALATE_AFTER_S, so the trial
+    is closed with the interrupt's reason and re-queued, and the search exits 130 at once."""
+    from maml_tune.search.interrupt import ESCALATE_AFTER_S
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "stalling.py").write_text(STALLING_PLUGIN)
+    spec = write_spec(tmp_path, iterations=100)
+    spec.write_text(spec.read_text().replace('name = "sinusoid"', 'name = "stalling"'))
+    env = cli_env(tmp_path, MAML_TUNE_PLUGINS_DIR=str(plugins))
+    search = start_cli(_args(spec, url, tmp_path, "--workers", workers), tmp_path, env)
+    try:
+        found = wait_for(lambda: running_trials(url, "rel", int(workers)), 150, "RUNNING trials")
+        time.sleep(2)  # every worker is inside its stalled draw by now
+        sent = time.monotonic()
+        os.killpg(search.pid, signal.SIGINT)
+        _, stderr = search.communicate(timeout=60)
+        elapsed = time.monotonic() - sent
+    finally:
+        stop_group(search)
+    assert search.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert elapsed < ESCALATE_AFTER_S + 10, elapsed
+    rows = trial_rows(url, "rel")
+    for number in [r["number"] for r in found]:
+        row = next(r for r in rows if r["number"] == number)
+        assert row["state"] == "FAIL" and row["user"]["reason"] == REASON, row
+    assert len([r for r in rows if r["state"] == "WAITING"]) == int(workers)
