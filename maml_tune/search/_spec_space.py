@@ -17,6 +17,9 @@ PARAM_KEYS = {
     "int": {"type", "low", "high", "log", "step", "when"},
     "categorical": {"type", "choices", "when"},
 }
+MAX_CHOICES = 1000
+"""The most choices of a categorical parameter: more are no search a sampler can do, and
+checking each against the settings would take minutes."""
 
 
 def _base_type(tp: Any) -> Any:
@@ -94,6 +97,8 @@ def _parse_param(w: Where, path: str, dotted: str, spec: Any) -> dict[str, Any]:
                 f"{path}.choices",
                 f"expected a non-empty array, got {'an empty array' if choices == [] else describe(choices)}",
             )
+        if len(choices) > MAX_CHOICES:
+            raise w.error(f"{path}.choices", f"expected at most {MAX_CHOICES} choices, got {len(choices)}")
         for i, choice in enumerate(choices):
             if not isinstance(choice, (str, int, float, bool)):
                 raise w.error(

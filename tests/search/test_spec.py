@@ -114,6 +114,13 @@ def _error(write_spec, registry, text: str) -> str:
             "objective.directions[0]",
             "minimize or maximize",
         ),
+        (  # a 1 MiB spec holds 150 000 choices: minutes to check one by one
+            '[space]\n"arch.width" = { type = "categorical", choices = ['
+            + ", ".join(str(i) for i in range(1, 5001))
+            + "] }\n",
+            "space.arch.width.choices",
+            "expected at most 1000 choices, got 5000",
+        ),
     ],
 )
 def test_invalid_specs_name_file_key_and_expectation(write_spec, registry, text, key_path, expected):
