@@ -16,6 +16,7 @@ from reliability_helpers import (
     start_cli,
     stop_group,
     trial_rows,
+    unique_name,
     write_spec,
 )
 
@@ -111,16 +112,45 @@ def test_eight_workers_on_postgres(tmp_path, postgres_url):
     assert name not in optuna.get_all_study_names(postgres_url)
 
 
+@pytest.fixture
+def fresh_postgres_database(postgres_url):
+    """A PostgreSQL database of its own (no tables yet), dropped afterwards."""
+    import sqlalchemy
+
+    name = unique_name("race").replace("-", "_")
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    try:
+        yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("existing_file", [False, True], ids=["new-file", "new-study-in-existing-file"])
-def test_separate_processes_started_together_all_join_one_study(tmp_path, existing_file):
-    """8 ``maml-tune search`` processes started at once on one SQLite file: whichever creates
-    the tables and the study, the others join it (no UNIQUE/'already exists' race, no
-    'not created by maml-tune' while the creator writes its marker); the study completes."""
-    url = f"sqlite:///{tmp_path / 'race.db'}"
+@pytest.mark.parametrize(
+    "backend, existing",
+    [
+        ("sqlite", False),
+        ("sqlite", True),
+        pytest.param("postgres", False, marks=pytest.mark.postgres),
+    ],
+    ids=["sqlite-new-file", "sqlite-new-study", "postgres-new-database"],
+)
+def test_separate_processes_started_together_all_join_one_study(tmp_path, request, backend, existing):
+    """8 ``maml-tune search`` processes started at once on a new database (SQLite file, or a
+    PostgreSQL database without tables) or on a new study in an existing one: whichever creates
+    the tables and the study, the others join it (no UNIQUE/'already exists' race, no 'not
+    created by maml-tune' while the creator writes its marker); the study completes."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'race.db'}"
+    else:
+        url = request.getfixturevalue("fresh_postgres_database")
     spec = write_spec(tmp_path, iterations=5)
     env = cli_env(tmp_path)
-    if existing_file:
+    if existing:
         first = run_cli(
             [
                 "search",
