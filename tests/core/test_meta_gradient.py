@@ -170,6 +170,17 @@ def test_evaluation_outcomes_agree_across_strategies(problem, strategy, query_no
             torch.testing.assert_close(getattr(got, field), getattr(want, field), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("strategy", ["loop", "vmap", "batched"])
+def test_a_prediction_tied_between_classes_scores_one_over_their_number(strategy):
+    """A shared head ties every class before adaptation: accuracy is exactly chance, whichever
+    class sits first and however the strategy rounds (argmax scored one class by position)."""
+    learner, batch = make_learner("conv_shared_head", "metasgd"), make_batch("conv_shared_head")
+    ways = PROBLEMS["conv_shared_head"]["output_size"]
+    before = learner.outcome(batch, 3, strategy).accuracy_before
+    assert before.tolist() == pytest.approx([1 / ways] * len(before), abs=1e-7)
+
+
+
 @pytest.mark.parametrize("problem", list(PROBLEMS))
 def test_second_order_terms_are_large_enough_to_be_checked(problem):
     """The tolerance is meaningful: dropping the second-order terms changes the gradient a lot."""
