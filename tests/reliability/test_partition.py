@@ -1,8 +1,8 @@
 """A study shared by three hosts over PostgreSQL, one of them cut off mid-trial.
 
 The hosts are network namespaces (:mod:`netns_hosts`), one ``maml-tune search`` worker in
-each. One host's link goes down while its trial runs, for longer than the grace period, and
-comes back: the other hosts fail that trial (its heartbeats stopped) and retry it; the cut
+each. One host's link goes down while its trial runs, for longer than the grace period and
+until the others have failed that trial, and comes back: the other hosts fail that trial (its heartbeats stopped) and retry it; the cut
 worker carries on or stops with one line; the study ends with exactly ``--n-trials`` complete.
 """
 
@@ -93,6 +93,13 @@ def test_a_host_cut_off_mid_trial_has_its_trial_retried_and_the_study_completes(
             cut = wait_for(cut_trial, 180, "a trial of the first host under way")
             hosts[0].cut()
             time.sleep(CUT_S)
+
+            # The others fail a stale trial only when they start one of their own: the link stays
+            # down until they have (a fixed cut let a slow CI machine finish the trial unfailed).
+            def cut_trial_failed():
+                return any(r["number"] == cut["number"] and r["state"] == "FAIL" for r in trial_rows(url, name))
+
+            wait_for(cut_trial_failed, 180, "the cut host's trial failed by the others")
             hosts[0].restore()
             outputs = [search.communicate(timeout=300) for search in searches]
         finally:
