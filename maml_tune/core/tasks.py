@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -64,12 +65,47 @@ def split_generator(split: str, seed: int, device: torch.device | str = "cpu") -
     return generator
 
 
-def check_batch(batch: object, sampler: TaskSampler, split: str, n_tasks: int) -> None:
-    """Raise :class:`~maml_tune.errors.FamilyError` when a family's ``sample`` broke the contract
-    (not a :class:`TaskBatch`, wrong task count, input shape or target shape); cheap enough
-    to run on every batch, it turns a deep shape error into one line naming the family."""
+MAX_INPUT_SIZE = 2**26
+"""Most numbers in one input example (``prod(input_shape)``): a 3 x 4096 x 4096 image fits."""
+MAX_OUTPUT_SIZE = 2**20
+"""Most classes per task (or target dimensions) a family may declare."""
+
+
+def check_declared_shapes(sampler: TaskSampler) -> None:
+    """Raise :class:`~maml_tune.errors.FamilyError` unless the family's ``input_shape`` is a tuple
+    of positive integers, at most :data:`MAX_INPUT_SIZE` numbers, and its ``output_size`` an
+    integer from 1 (2 classes) to :data:`MAX_OUTPUT_SIZE`. Called before a network is built for
+    it (after ``prepare``: some families learn their shapes from the data)."""
     from maml_tune.errors import FamilyError
 
+    where = f"task family {getattr(sampler, 'name', type(sampler).__name__)!r}"
+    shape = sampler.input_shape
+    if (
+        not isinstance(shape, (tuple, list))
+        or not shape
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)
+    ):
+        raise FamilyError(f"{where}: input_shape must be a tuple of positive integers, got {shape!r}")
+    if math.prod(shape) > MAX_INPUT_SIZE:
+        raise FamilyError(
+            f"{where}: input_shape {tuple(shape)} holds {math.prod(shape)} numbers per example;"
+            f" at most {MAX_INPUT_SIZE} are supported"
+        )
+    size, low = sampler.output_size, 2 if sampler.kind == "classification" else 1
+    if not isinstance(size, int) or isinstance(size, bool) or not low <= size <= MAX_OUTPUT_SIZE:
+        what = "classes" if sampler.kind == "classification" else "target dimensions"
+        raise FamilyError(
+            f"{where}: output_size must be an integer from {low} to {MAX_OUTPUT_SIZE} ({what}), got {size!r}"
+        )
+
+
+def check_batch(batch: object, sampler: TaskSampler, split: str, n_tasks: int) -> None:
+    """Raise :class:`~maml_tune.errors.FamilyError` when a family's ``sample`` broke the contract
+    (not a :class:`TaskBatch`, wrong task count, shape or dtype, labels outside the classes);
+    cheap enough to run on every batch, it turns a deep error into one line naming the family."""
+    from maml_tune.errors import FamilyError
+
+    check_declared_shapes(sampler)
     name = getattr(sampler, "name", type(sampler).__name__)
     where = f"task family {name!r}: sample({split!r}, {n_tasks})"
     if not isinstance(batch, TaskBatch):
@@ -92,3 +128,17 @@ def check_batch(batch: object, sampler: TaskSampler, split: str, n_tasks: int) -
         )
         if tuple(y.shape) != expected:
             raise FamilyError(f"{where}: {label} targets have shape {tuple(y.shape)}, expected {expected}")
+        if x.dtype != torch.float32:
+            raise FamilyError(f"{where}: {label} inputs are {x.dtype}, expected torch.float32")
+        want = torch.float32 if sampler.kind == "regression" else torch.int64
+        if y.dtype != want:
+            raise FamilyError(f"{where}: {label} targets are {y.dtype}, expected {want}")
+    if sampler.kind == "classification" and sy.numel() and qy.numel():
+        # One synchronisation per batch; an out-of-range label would be a device-side assert on CUDA.
+        low, high = torch.stack([sy.min(), qy.min(), sy.max(), qy.max()]).aminmax()
+        low, high = int(low), int(high)
+        if low < 0 or high >= sampler.output_size:
+            raise FamilyError(
+                f"{where}: labels run from {low} to {high}, expected 0 to {sampler.output_size - 1}"
+                " (output_size - 1)"
+            )

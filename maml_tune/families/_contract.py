@@ -9,18 +9,54 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
 
-from maml_tune.core.config import ArchConfig, RunConfig, coerce_value, family_settings, type_name
+from maml_tune.core.config import RunConfig, coerce_value, family_settings, type_name
 from maml_tune.core.tasks import TaskBatch
-from maml_tune.errors import ConfigError
+from maml_tune.errors import ConfigError, FamilyError, MamlTuneError
 
 ProgressCallback = Callable[[int, int, str], None]
 """``progress(done, total, what)``: how a family reports slow one-off work (e.g. decoding data)."""
+
+_GUARDED = (
+    "input_shape",
+    "output_size",
+    "default_architecture",
+    "sample",
+    "prepare",
+    "preprocess",
+    "literature_config",
+    "default_search_space",
+)
+"""What the engine calls on a family: an exception that is not a maml-tune error becomes a
+:class:`FamilyError` naming the family and the method, so a plugin's bug is one line, not a crash."""
+
+
+def _guarded(name: str, function: Callable) -> Callable:
+    if getattr(function, "_family_guard", False):
+        return function
+
+    @functools.wraps(function)
+    def call(self, *args, **kwargs):
+        try:
+            return function(self, *args, **kwargs)
+        except MamlTuneError:
+            raise
+        except Exception as exc:
+            shown = ", ".join(repr(a) for a in args if isinstance(a, (str, int, float)))
+            where = name if name in ("input_shape", "output_size") else f"{name}({shown})"
+            raise FamilyError(
+                f"task family {getattr(self, 'name', type(self).__name__)!r} failed in {where}:"
+                f" {type(exc).__name__}: {exc}"
+            ) from exc
+
+    call._family_guard = True
+    return call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +107,15 @@ class TaskFamily(abc.ABC):
     data: ClassVar[str] = ""
     """Where the family's data comes from and the layout it expects (``plugins info`` shows it;
     empty for families that generate their tasks)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in _GUARDED:
+            member = vars(cls).get(name)
+            if isinstance(member, property) and member.fget is not None:
+                setattr(cls, name, property(_guarded(name, member.fget), doc=member.__doc__))
+            elif callable(member):
+                setattr(cls, name, _guarded(name, member))
 
     def __init__(self, options: Any = None):
         if options is None or isinstance(options, Mapping):
@@ -144,8 +189,13 @@ class TaskFamily(abc.ABC):
         """The full run config for this family: library defaults, then the family's default
         architecture and :meth:`literature_config`, then ``overrides`` (dotted keys), with
         every option value of this instance recorded so the run can be reproduced."""
-        base = RunConfig(family=self.name, arch=ArchConfig(**self.default_architecture()))
-        config = base.override(self.literature_config()).override(dict(overrides or {}))
+        # Through override, so the family's architecture is checked and coerced like user settings.
+        arch = {f"arch.{key}": value for key, value in self.default_architecture().items()}
+        try:
+            config = RunConfig(family=self.name).override(arch)
+        except ConfigError as exc:
+            raise FamilyError(f"task family {self.name!r}: default_architecture(): {exc}") from exc
+        config = config.override(self.literature_config()).override(dict(overrides or {}))
         return config.override(family_settings(dataclasses.asdict(self.options)))
 
     def describe_options(self) -> list[dict[str, Any]]:

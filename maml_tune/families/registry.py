@@ -18,6 +18,7 @@ are both marked as errors naming both sources. ``MAML_TUNE_LOAD_PLUGINS``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import inspect
@@ -25,7 +26,7 @@ import os
 import re
 import sys
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, is_dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -258,7 +259,7 @@ class Registry:
         """
         family = self.get(name)
         try:
-            return family(options or {})
+            instance = family(options or {})
         except MamlTuneError:
             raise
         except Exception as exc:
@@ -266,6 +267,7 @@ class Registry:
             raise PluginError(
                 f"task family {name!r} ({plugin.source}) failed to initialise: {type(exc).__name__}: {exc}"
             ) from exc
+        return instance
 
     def configure(self, name: str, settings: Mapping[str, Any]) -> tuple[TaskFamily, RunConfig]:
         """Family ``name`` and its run config from dotted ``settings``: the ``family.*`` ones
@@ -315,16 +317,37 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+class _HardExit(Exception):
+    def __str__(self) -> str:
+        return f"called os._exit({self.args[0]}) while being imported"
+
+
+@contextlib.contextmanager
+def _no_hard_exit() -> Iterator[None]:
+    """``os._exit`` raises instead while a plugin is imported: it would end the CLI silently,
+    skipping every handler (the study's trials could not even be closed)."""
+
+    def refuse(code: int) -> None:
+        raise _HardExit(code)
+
+    hard_exit, os._exit = os._exit, refuse
+    try:
+        yield
+    finally:
+        os._exit = hard_exit
+
+
 def _load(plugin: Plugin) -> None:
     """Import ``plugin`` once and check its class; never lets a plugin's exception escape."""
     if plugin.loaded or plugin.error is not None:
         return
     plugin.loaded = True
     try:
-        family = plugin._loader()
+        with _no_hard_exit():
+            family = plugin._loader()
         problem = contract_problem(family)
     except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a plugin may raise anything on import
-        problem = _one_line(exc) if not isinstance(exc, PluginError) else str(exc)
+        problem = str(exc) if isinstance(exc, (PluginError, _HardExit)) else _one_line(exc)
         family = None
     if problem is None and family.name != plugin.name:
         problem = f"entry point {plugin.name!r} loads a family named {family.name!r}"
