@@ -18,7 +18,14 @@ from PIL import Image
 from maml_tune.core.tasks import SPLITS
 from maml_tune.errors import DataError
 from maml_tune.families._contract import ProgressCallback
-from maml_tune.families._images import IMAGE_SUFFIXES, decode_all, load_arrays, opaque
+from maml_tune.families._images import (
+    IMAGE_SUFFIXES,
+    RefusedImage,
+    decode_all,
+    load_arrays,
+    opaque,
+    read_file,
+)
 
 _CACHE_FORMAT = 1
 _CACHE_ARRAYS = ("images", "counts", "classes", "groups", "splits", "files", "key")
@@ -216,8 +223,8 @@ def decode(found: Found, size: int, channels: int, progress: ProgressCallback | 
 
     def read(position: int) -> bytes:
         try:
-            return plan[position].read_bytes()
-        except OSError as exc:
+            return read_file(plan[position])
+        except (OSError, RefusedImage) as exc:
             raise fail(position, exc) from exc
 
     def fail(position: int, exc: Exception) -> DataError:

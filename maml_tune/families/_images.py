@@ -15,6 +15,7 @@ import math
 import os
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,7 +32,115 @@ from maml_tune.families._contract import ProgressCallback
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 """The image files the image families and ``predict`` read."""
 DECODE_CHUNK = 512
+DECODE_CHUNK_BYTES = 64 * 2**20
+"""A chunk of encoded images read before decoding holds at most this many bytes (and images)."""
 ROTATIONS = 4
+
+MAX_IMAGE_SIZE = 1024
+"""The largest ``image_size`` an image family accepts (its option's ``max``): images are decoded
+and kept resident at ``image_size`` x ``image_size`` pixels, ~1 MiB a channel at this size."""
+MAX_IMAGE_PIXELS = 40_000_000
+"""An image file may hold at most this many pixels (width x height) ..."""
+MAX_SQUARE_SIDE = 8_000
+"""... and neither side may exceed this: an image is padded or resized as a square of its longer
+side, so a 1 x 40000 image would otherwise cost as much as a 40000 x 40000 one."""
+MAX_FILE_BYTES = 32 * 2**20
+"""An image file (or zip member, uncompressed) may hold at most this many bytes."""
+MAX_ZIP_RATIO = 200
+"""A zip member larger than 1 MiB uncompressed may be at most this many times its compressed size
+(PNG and JPEG data hardly compresses; far higher ratios are zip bombs)."""
+
+
+class RefusedImage(ValueError):
+    """An image or archive member that is unreadable or over the limits above; its message says
+    what is allowed."""
+
+
+def check_dimensions(width: int, height: int) -> None:
+    """Raise :class:`RefusedImage` for an image whose pixels or padded square exceed the limits."""
+    if width * height > MAX_IMAGE_PIXELS or max(width, height) > MAX_SQUARE_SIDE:
+        raise RefusedImage(
+            f"image is {width} x {height} pixels; at most {MAX_IMAGE_PIXELS} pixels and"
+            f" {MAX_SQUARE_SIDE} pixels a side are allowed"
+        )
+
+
+def check_member(info: zipfile.ZipInfo) -> None:
+    """Raise :class:`RefusedImage` for a zip member that declares too many bytes or too high a ratio."""
+    if info.file_size > MAX_FILE_BYTES:
+        raise RefusedImage(
+            f"member declares {info.file_size} bytes uncompressed; at most {MAX_FILE_BYTES} are allowed"
+        )
+    if info.file_size > 2**20 and info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1):
+        raise RefusedImage(
+            f"member compresses {info.file_size / max(info.compress_size, 1):.0f}:1;"
+            f" at most {MAX_ZIP_RATIO}:1 is allowed for members over 1 MiB"
+        )
+
+
+def read_member(archive: zipfile.ZipFile, member: str) -> bytes:
+    """The bytes of ``member``, checked with :func:`check_member` and read at most
+    :data:`MAX_FILE_BYTES` + 1 at a time (the header's sizes are not trusted alone)."""
+    info = archive.getinfo(member)
+    check_member(info)
+    with archive.open(info) as handle:
+        raw = handle.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise RefusedImage(
+            f"member holds more than {MAX_FILE_BYTES} bytes uncompressed, the limit for an image"
+        )
+    return raw
+
+
+def read_file(path: Path) -> bytes:
+    """The bytes of the image file ``path``, at most :data:`MAX_FILE_BYTES` (else :class:`RefusedImage`)."""
+    with open(path, "rb") as handle:
+        raw = handle.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise RefusedImage(f"file holds more than {MAX_FILE_BYTES} bytes, the limit for an image")
+    return raw
+
+
+def open_checked(raw: bytes) -> Image.Image:
+    """``Image.open`` of ``raw`` (the header only) with its size checked by :func:`check_dimensions`;
+    PIL's own decompression-bomb warning is an error here (it would be a second line on stderr)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(raw))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise RefusedImage(
+                f"image declares more than {Image.MAX_IMAGE_PIXELS} pixels (Pillow's decompression-bomb"
+                f" limit); at most {MAX_IMAGE_PIXELS} pixels and {MAX_SQUARE_SIDE} pixels a side are allowed"
+            ) from exc
+        except UnidentifiedImageError as exc:
+            raise RefusedImage(f"not an image file Pillow can read ({', '.join(IMAGE_SUFFIXES)})") from exc
+    try:
+        check_dimensions(*image.size)
+    except RefusedImage:
+        image.close()
+        raise
+    return image
+
+
+def convert_user_image(
+    item: str | os.PathLike | Image.Image, convert: Callable[[Image.Image], np.ndarray]
+) -> np.ndarray:
+    """``convert`` of a user's own image (a path or a PIL image: ``predict``, the Python API),
+    size-checked as data set images are; any failure is one :class:`DataError` naming it."""
+    try:
+        if isinstance(item, Image.Image):
+            check_dimensions(*item.size)
+            return convert(item)
+        with open_checked(read_file(Path(item))) as image:
+            return convert(image)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DataError(f"cannot read image {item}: {exc}") from exc
+
+
+def physical_memory() -> int:
+    """Bytes of RAM on this machine (a decoded data set must fit well inside it)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def default_cache_dir() -> Path:
@@ -68,26 +177,52 @@ def decode_all(
 ) -> np.ndarray:
     """``count`` images of ``shape`` (uint8): ``convert(Image.open(read(i)))`` for each ``i``.
 
-    ``read`` runs on the calling thread (zip files are not shared across threads); decoding
-    and resizing release the GIL, so they run on a thread pool. A read or decode error is
-    raised as ``fail(position, exc)``. Reports ``progress(done, count, what)`` per chunk.
+    ``read`` runs on the calling thread (zip files are not shared across threads), and so does
+    opening each image's header, whose size is checked (:func:`open_checked`) before anything
+    is decoded; decoding and resizing release the GIL, so they run on a thread pool. Images are
+    read in chunks of at most :data:`DECODE_CHUNK` images and :data:`DECODE_CHUNK_BYTES` bytes.
+    A read or decode error is raised as ``fail(position, exc)``. Reports
+    ``progress(done, count, what)`` per chunk.
     """
+    needed, memory = count * math.prod(shape), physical_memory()
+    if needed > memory // 2:
+        raise ConfigError(
+            f"{what}: {count} images of {' x '.join(map(str, shape))} pixels need {needed / 2**30:.1f} GiB,"
+            f" more than half of this machine's {memory / 2**30:.1f} GiB; lower image_size"
+        )
     images = np.empty((count, *shape), dtype=np.uint8)
 
-    def decode(position: int, raw: bytes) -> None:
+    def opened(position: int) -> tuple[Image.Image, int]:
         try:
-            with Image.open(io.BytesIO(raw)) as image:
+            raw = read(position)
+            return open_checked(raw), len(raw)
+        except (OSError, UnidentifiedImageError, ValueError, zipfile.BadZipFile) as exc:
+            raise fail(position, exc) from exc
+
+    def decode(position: int, image: Image.Image) -> None:
+        try:
+            with image:
                 images[position] = convert(image)
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise fail(position, exc) from exc
 
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        for start in range(0, count, DECODE_CHUNK):
+        position = 0
+        while position < count:
             if progress is not None:
-                progress(start, count, what)
-            positions = range(start, min(start + DECODE_CHUNK, count))
-            raws = [read(position) for position in positions]
-            list(pool.map(decode, positions, raws))
+                progress(position, count, what)
+            chunk: list[tuple[int, Image.Image]] = []
+            size = 0
+            try:
+                while position < count and len(chunk) < DECODE_CHUNK and size < DECODE_CHUNK_BYTES:
+                    image, nbytes = opened(position)
+                    chunk.append((position, image))
+                    size += nbytes
+                    position += 1
+                list(pool.map(decode, *zip(*chunk)))
+            finally:
+                for _, image in chunk:
+                    image.close()
     if progress is not None:
         progress(count, count, what)
     return images

@@ -19,11 +19,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from maml_tune.errors import DataError
 from maml_tune.families._contract import ProgressCallback
-from maml_tune.families._images import decode_all, load_arrays, opaque, save_arrays
+from maml_tune.families._images import (
+    RefusedImage,
+    convert_user_image,
+    decode_all,
+    load_arrays,
+    opaque,
+    read_file,
+    read_member,
+    save_arrays,
+)
 
 BACKGROUND_ARCHIVES = (
     "images_background",
@@ -73,15 +82,9 @@ class Source:
 
 
 def input_to_uint8(item: ImageInput, size: int) -> np.ndarray:
-    if isinstance(item, Image.Image):
-        return _to_uint8(item, size)
     if isinstance(item, np.ndarray):
         return _to_uint8(_array_image(item), size)
-    try:
-        with Image.open(item) as image:
-            return _to_uint8(image, size)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read image {item}: {exc}") from exc
+    return convert_user_image(item, lambda image: _to_uint8(image, size))
 
 
 def _array_image(array: np.ndarray) -> Image.Image:
@@ -213,12 +216,17 @@ def decode_sources(sources: list[Source], size: int, progress: ProgressCallback 
         def read(position: int) -> bytes:
             _, _, index, member = plan[position]
             try:
-                return archives[index].read(member) if index in archives else Path(member).read_bytes()
-            except (OSError, zipfile.BadZipFile, zlib.error) as exc:
+                return read_member(archives[index], member) if index in archives else read_file(Path(member))
+            except (OSError, zipfile.BadZipFile, zlib.error, RefusedImage) as exc:
                 raise fail(position, exc) from exc
 
         images = decode_all(
-            len(plan), (size, size), read, lambda image: _to_uint8(image, size), fail, progress,
+            len(plan),
+            (size, size),
+            read,
+            lambda image: _to_uint8(image, size),
+            fail,
+            progress,
             "decoding Omniglot images",
         )
     counts = torch.tensor([len(sources[owner[c]].members[c]) for c in characters])

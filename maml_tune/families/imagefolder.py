@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from maml_tune.core.tasks import SPLITS, TaskBatch
-from maml_tune.errors import ConfigError, DataError
+from maml_tune.errors import ConfigError
 from maml_tune.families._contract import ProgressCallback, TaskFamily, option
 from maml_tune.families._imagefolder_data import (
     BENCHMARK_LAYOUTS,
@@ -41,9 +40,11 @@ from maml_tune.families._imagefolder_data import (
 )
 from maml_tune.families._images import (
     IMAGE_SUFFIXES,
+    MAX_IMAGE_SIZE,
     DeviceImages,
     SplitClasses,
     TaskShape,
+    convert_user_image,
     pixel_permutations,
     resolve_cache_dir,
     sample_tasks,
@@ -67,7 +68,9 @@ class ImageFolderOptions:
     n_way: int = option(5, "classes per task (N)", min=2)
     k_shot: int = option(1, "support images per class (K)", min=1)
     k_query: int = option(15, "query images per class", min=1)
-    image_size: int = option(84, "images are resized to image_size x image_size pixels", min=8)
+    image_size: int = option(
+        84, "images are resized to image_size x image_size pixels", min=8, max=MAX_IMAGE_SIZE
+    )
     channels: int = option(0, "1 (greyscale), 3 (RGB) or 0: greyscale when every image is", choices=(0, 1, 3))
     group_tasks: bool = option(False, "grouped layouts: draw all N classes of a task from one group")
     split: str = option(
@@ -199,14 +202,7 @@ class ImageFolder(TaskFamily):
         channels, size, _ = self.input_shape
         arrays = []
         for item in images:
-            try:
-                if isinstance(item, Image.Image):
-                    arrays.append(to_array(item, size, channels))
-                else:
-                    with Image.open(item) as image:
-                        arrays.append(to_array(image, size, channels))
-            except (OSError, UnidentifiedImageError) as exc:
-                raise DataError(f"cannot read image {item}: {exc}") from exc
+            arrays.append(convert_user_image(item, lambda image: to_array(image, size, channels)))
         if not arrays:
             return torch.zeros(0, channels, size, size)
         return self._to_input(torch.from_numpy(np.stack(arrays)), torch.device("cpu"))

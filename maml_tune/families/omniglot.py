@@ -24,6 +24,7 @@ from maml_tune.core.tasks import SPLITS, TaskBatch
 from maml_tune.errors import ConfigError
 from maml_tune.families._contract import ProgressCallback, TaskFamily, option
 from maml_tune.families._images import (
+    MAX_IMAGE_SIZE,
     ROTATIONS,
     DeviceImages,
     SplitClasses,
@@ -66,7 +67,9 @@ class OmniglotOptions:
     n_way: int = option(5, "classes per task (N)", min=2)
     k_shot: int = option(1, "support images per class (K)", min=1)
     k_query: int = option(15, "query images per class", min=1)
-    image_size: int = option(28, "images are resized to image_size x image_size pixels", min=8)
+    image_size: int = option(
+        28, "images are resized to image_size x image_size pixels", min=8, max=MAX_IMAGE_SIZE
+    )
     rotations: bool = option(
         True, "meta-train only: each character rotated by 0/90/180/270 degrees is its own class"
     )
@@ -210,7 +213,13 @@ class Omniglot(TaskFamily):
         state = self._on_device(torch.device(device))
         shape = TaskShape(o.n_way, o.k_shot, o.k_query, rotate=o.rotations and split == "train")
         return sample_tasks(
-            "omniglot", split, state.images, state.split_characters[split], shape, n_tasks, generator,
+            "omniglot",
+            split,
+            state.images,
+            state.split_characters[split],
+            shape,
+            n_tasks,
+            generator,
             to_float,
             by_group=o.within_alphabet,
             hint="change split / val_fraction / test_fraction",
