@@ -26,6 +26,12 @@ QUERY_NORMS = ("transductive", "support")
 
 MAX_SEED = 2**32 - 1
 """Seeds are 0 … 2³²−1: what every sampler and generator accepts."""
+MAX_INNER_STEPS = 1000
+"""Most adaptation steps (``algo.inner_steps``, ``algo.test_inner_steps``); MAML uses 1-10."""
+MAX_TASKS = 1_000_000
+"""Most tasks in a meta-batch, a validation or a meta-test (the literature meta-tests on 600)."""
+MAX_LAYERS = 1000
+"""Most hidden layers (``arch.depth``) or conv blocks (``arch.blocks``)."""
 
 DOWNSAMPLES = {
     "pool": "2x2 max-pool keeping partial windows (28 -> 14 -> 7 -> 4)",
@@ -80,9 +86,9 @@ class ArchConfig:
         _choice("arch.activation", self.activation, ACTIVATIONS)
         _choice("arch.norm", self.norm, ("batch", "none"))
         _choice("arch.downsample", self.downsample, tuple(DOWNSAMPLES))
-        _at_least("arch.depth", self.depth, 0)
+        _at_least("arch.depth", self.depth, 0, MAX_LAYERS)
         _at_least("arch.width", self.width, 1)
-        _at_least("arch.blocks", self.blocks, 1)
+        _at_least("arch.blocks", self.blocks, 1, MAX_LAYERS)
         _at_least("arch.channels", self.channels, 1)
         if self.head == "zero" and self.kind == "mlp" and self.depth == 0:
             raise ConfigError("arch.head zero with arch.depth 0 leaves no weights to meta-learn")
@@ -148,9 +154,9 @@ class AlgoConfig:
         _choice("algo.query_norm", self.query_norm, QUERY_NORMS)
         if self.second_order_steps is not None:
             _at_least("algo.second_order_steps", self.second_order_steps, 0)
-        _at_least("algo.inner_steps", self.inner_steps, 1)
+        _at_least("algo.inner_steps", self.inner_steps, 1, MAX_INNER_STEPS)
         if self.test_inner_steps is not None:
-            _at_least("algo.test_inner_steps", self.test_inner_steps, 0)
+            _at_least("algo.test_inner_steps", self.test_inner_steps, 0, MAX_INNER_STEPS)
         _at_least("algo.msl_anneal_iterations", self.msl_anneal_iterations, 1)
 
     @property
@@ -205,10 +211,10 @@ class TrainConfig:
         if not self.meta_lr > 0:
             raise ConfigError(f"train.meta_lr: expected a number > 0, got {self.meta_lr!r}")
         self._check_optimizer()
-        _at_least("train.meta_batch", self.meta_batch, 1)
+        _at_least("train.meta_batch", self.meta_batch, 1, MAX_TASKS)
         _at_least("train.iterations", self.iterations, 0)
         _at_least("train.val_interval", self.val_interval, 1)
-        _at_least("train.val_tasks", self.val_tasks, 1)
+        _at_least("train.val_tasks", self.val_tasks, 1, MAX_TASKS)
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"train.grad_clip: expected a number > 0, got {self.grad_clip!r}")
         _choice("train.strategy", self.strategy, _strategy_names())
@@ -249,7 +255,7 @@ class RunConfig:
     eval_seed: int = 2
 
     def __post_init__(self) -> None:
-        _at_least("eval_tasks", self.eval_tasks, 1)
+        _at_least("eval_tasks", self.eval_tasks, 1, MAX_TASKS)
         _seed("eval_seed", self.eval_seed)
 
     def to_dict(self) -> dict[str, Any]:
@@ -448,6 +454,8 @@ def _seed(key: str, value: int) -> None:
         raise ConfigError(f"{key}: expected a seed from 0 to {MAX_SEED}, got {value!r}")
 
 
-def _at_least(key: str, value: int, low: int) -> None:
+def _at_least(key: str, value: int, low: int, most: int | None = None) -> None:
+    if most is not None and not low <= value <= most:
+        raise ConfigError(f"{key}: expected an integer from {low} to {most:,}, got {value!r}")
     if value < low:
         raise ConfigError(f"{key}: expected an integer >= {low}, got {value!r}")

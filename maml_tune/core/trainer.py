@@ -17,8 +17,8 @@ from maml_tune.core.config import AlgoConfig, RunConfig, TrainConfig
 from maml_tune.core.evaluation import EvalResult, evaluate
 from maml_tune.core.learner import MetaLearner
 from maml_tune.core.strategies import choose
-from maml_tune.core.tasks import TaskSampler, check_batch, split_generator
-from maml_tune.errors import DivergenceError
+from maml_tune.core.tasks import TaskSampler, check_batch, check_declared_shapes, split_generator
+from maml_tune.errors import ConfigError, DivergenceError
 
 SPLITS = ("train", "val", "test")
 PREFLIGHT_SEED = 0
@@ -66,8 +66,23 @@ class TrainResult:
     """fp16 only: meta-iterations whose scaled gradients overflowed (the step was skipped)."""
 
 
+MAX_PARAMETERS = 2**30
+"""The largest network trained: 4 GiB of float32 weights, several times that with the optimiser's
+state and a second-order meta-gradient."""
+
+
 def build_learner(config: RunConfig, family: TaskSampler, device: torch.device) -> MetaLearner:
-    """The initial meta-learner for ``config``, seeded by ``config.train.seed``."""
+    """The initial meta-learner for ``config``, seeded by ``config.train.seed``; one of more than
+    :data:`MAX_PARAMETERS` parameters raises :class:`ConfigError` before any memory is taken."""
+    check_declared_shapes(family)
+    with torch.device("meta"):  # shapes only: counts the parameters without allocating them
+        probe = MetaLearner(config.arch, config.algo, family.input_shape, family.output_size, family.kind)
+    count = sum(p.numel() for p in probe.parameters())
+    if count > MAX_PARAMETERS:
+        raise ConfigError(
+            f"arch: this network has {count:,} parameters, more than the {MAX_PARAMETERS:,} supported;"
+            " lower arch.width, arch.depth, arch.channels or arch.blocks"
+        )
     torch.manual_seed(config.train.seed)
     learner = MetaLearner(
         config.arch, config.algo, family.input_shape, family.output_size, family.kind

@@ -9,13 +9,17 @@ from typing import Any
 import torch
 
 from maml_tune.core.tasks import TaskBatch
+from maml_tune.errors import ConfigError
 from maml_tune.families._contract import TaskFamily, option
+
+MAX_POINTS = 100_000
+"""Most support (or query) points per task: a task of this many is already far past few-shot."""
 
 
 @dataclass(frozen=True)
 class SinusoidOptions:
-    k_shot: int = option(10, "support points per task (K)", min=1)
-    k_query: int = option(10, "query points per task", min=1)
+    k_shot: int = option(10, "support points per task (K)", min=1, max=MAX_POINTS)
+    k_query: int = option(10, "query points per task", min=1, max=MAX_POINTS)
     amplitude_min: float = option(0.1, "smallest amplitude", min=0.0)
     amplitude_max: float = option(5.0, "largest amplitude", min=0.0)
     phase_max: float = option(math.pi, "phases are drawn from [0, phase_max]", min=0.0)
@@ -29,6 +33,14 @@ class Sinusoid(TaskFamily):
     description = "Sinusoid regression (Finn et al. 2017): y = A sin(x - phase), K-shot"
     kind = "regression"
     Options = SinusoidOptions
+
+    def __init__(self, options: Any = None):
+        super().__init__(options)
+        if self.options.amplitude_min > self.options.amplitude_max:
+            raise ConfigError(
+                f"family 'sinusoid' option 'amplitude_min': expected <= amplitude_max"
+                f" ({self.options.amplitude_max}), got {self.options.amplitude_min}"
+            )
 
     @property
     def input_shape(self) -> tuple[int, ...]:
