@@ -51,5 +51,11 @@ class StorageError(MamlTuneError):
     """The study database cannot be reached or used."""
 
 
+class Interrupted(MamlTuneError):
+    """The user stopped the work (Ctrl-C, SIGTERM); the message says what was kept."""
+
+    exit_code = 130
+
+
 class StudyError(MamlTuneError):
     """A study is unknown, incompatible with the spec, or has no usable trials."""

@@ -32,6 +32,7 @@ from maml_tune.cli._common import (
     registry,
     work_progress,
 )
+from maml_tune.errors import Interrupted, MamlTuneError
 
 
 def _progress_callback(progress: Progress):
@@ -226,9 +227,27 @@ def train(
     torch_device = resolve_device(device)
     task_family, config = registry(ctx).configure(family_name or "sinusoid", settings)
     target = out_dir or Path("runs") / f"{task_family.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    with training_progress(ctx) as (prepare_progress, callbacks):
-        task_family.prepare(prepare_progress)
-        run = train_and_test(config, task_family, torch_device, callbacks)
+
+    def save_untested(learner) -> None:
+        save_checkpoint(target, learner, config)
+        saved.append(target)
+
+    saved: list[Path] = []
+    try:
+        with training_progress(ctx) as (prepare_progress, callbacks):
+            task_family.prepare(prepare_progress)
+            run = train_and_test(config, task_family, torch_device, callbacks, trained=save_untested)
+    except (KeyboardInterrupt, MamlTuneError) as exc:
+        if not saved:
+            raise
+        # The weights are safe; say where, and how to get the meta-test that did not finish.
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        why = "interrupted" if interrupted else str(exc).strip().splitlines()[0]
+        error = Interrupted if interrupted else MamlTuneError
+        raise error(
+            f"{why} during the meta-test; the meta-trained checkpoint is in {target}"
+            f" (no test metrics): maml-tune evaluate {target}"
+        ) from exc
     summary = run.summary
     if from_study is not None:
         origin = {"study": source.study, "trial": source.trial, "storage": mask_url(storage_url(storage))}

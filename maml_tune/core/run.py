@@ -127,16 +127,20 @@ def train_and_test(
     callbacks: Sequence[TrainerCallback] = (),
     *,
     between: Callable[[], None] = lambda: None,
+    trained: Callable[[MetaLearner], None] = lambda learner: None,
 ) -> RunOutcome:
     """Meta-train ``config`` on ``sampler`` (reporting to ``callbacks``), then meta-test it.
 
-    ``between`` runs before and after the meta-test and may raise to stop the run (the
-    search checks for Ctrl-C there). A non-finite meta-loss, gradient or validation loss
-    raises :class:`~maml_tune.errors.DivergenceError` from the trainer.
+    ``trained`` is called with the meta-trained learner before the meta-test, which can be long
+    or fail (``train`` writes its checkpoint there). ``between`` runs before and after the
+    meta-test and may raise to stop the run (the search checks for Ctrl-C there). A non-finite
+    meta-loss, gradient or validation loss raises :class:`~maml_tune.errors.DivergenceError`
+    from the trainer.
     """
     started = time.perf_counter()
     training = MetaTrainer(config, sampler, device, callbacks).run()
     learner = training.learner
+    trained(learner)
     between()
     test_started = time.perf_counter()
     test = meta_test(learner, config, sampler, device)
