@@ -16,6 +16,7 @@ import random
 import re
 import sqlite3
 import time
+import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -77,6 +78,25 @@ def mask_url(url: str | None) -> str:
     if match and match.group("password"):
         text = f"{match.group('head')}***{match.group('tail')}"
     return re.sub(r"(?i)([?&](?:password|passwd|pwd)=)[^&]*", r"\1***", text)
+
+
+def _check_password(url: str) -> None:
+    """Refuse a URL whose password SQLAlchemy reads otherwise than :func:`mask_url` masks it: an
+    unencoded "@" moves the rest of the password into the host, which drivers print in errors."""
+    from sqlalchemy.engine import make_url
+
+    match = _URL_PASSWORD.match(url)
+    if not match or not match.group("password"):
+        return
+    try:
+        parsed = make_url(url).password
+    except Exception:  # an unparsable URL: storage_errors reports it
+        return
+    if parsed != urllib.parse.unquote(match.group("password")):
+        raise StorageError(
+            f"the password in storage URL {mask_url(url)} holds an unencoded '@' (or a '/' before one):"
+            " percent-encode it (@ as %40, / as %2F, : as %3A)"
+        )
 
 
 def storage_url(explicit: str | None = None) -> str:
@@ -149,6 +169,7 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True, create: bool
     import optuna
 
     url = normalize_url(storage_url(url))
+    _check_password(url)
     interval, grace = heartbeat_seconds() if heartbeat else (0, 0)  # before anything is created
     path = sqlite_path(url)
     if path is not None:
