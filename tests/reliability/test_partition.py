@@ -2,8 +2,9 @@
 
 The hosts are network namespaces (:mod:`netns_hosts`), one ``maml-tune search`` worker in
 each. One host's link goes down while its trial runs, for longer than the grace period and
-until the others have failed that trial, and comes back: the other hosts fail that trial (its heartbeats stopped) and retry it; the cut
-worker carries on or stops with one line; the study ends with exactly ``--n-trials`` complete.
+until the other hosts have failed that trial (its heartbeats stopped) and retried it; then it
+comes back. The cut worker carries on or stops with one line; the study ends with exactly
+``--n-trials`` complete.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def test_a_host_cut_off_mid_trial_has_its_trial_retried_and_the_study_completes(
             # The others fail a stale trial only when they start one of their own: the link stays
             # down until they have (a fixed cut let a slow CI machine finish the trial unfailed).
             def cut_trial_failed():
-                return any(r["number"] == cut["number"] and r["state"] == "FAIL" for r in trial_rows(url, name))
+                rows = trial_rows(url, name)
+                return any(r["number"] == cut["number"] and r["state"] == "FAIL" for r in rows)
 
             wait_for(cut_trial_failed, 180, "the cut host's trial failed by the others")
             hosts[0].restore()
