@@ -31,6 +31,7 @@ from maml_tune.cli._common import (
     progress_log,
     registry,
 )
+from maml_tune.errors import MamlTuneError
 from maml_tune.search.catalog import METRIC_MEANINGS
 from maml_tune.search.events import (
     Event,
@@ -70,13 +71,47 @@ DEFAULT_SEED = 0
 RETRAIN_ITERATIONS = 20000
 """The retraining length the closing hint (and the README's quick start) suggests."""
 
-INTERRUPTED = (
-    "stopped by a signal (SIGINT or SIGTERM); running trials were marked failed and re-queued: "
-    "run the same command again to resume the study"
-)
+INTERRUPTED = "run the same command again to resume the study"
 INTERRUPTED_AGAIN = (
     "interrupted: stopped at once (second signal); the next search recovers the trial(s) left running"
 )
+
+
+class _RunningTrials:
+    """Passes the runner's events on to ``display`` and keeps the trials this search has running,
+    so that an interrupted search can say what became of them."""
+
+    def __init__(self, display: Any):
+        self.display, self.study, self.running = display, None, set()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, StudyOpened):
+            self.study = event.study
+        elif isinstance(event, TrialStarted):
+            self.running.add(event.trial)
+        elif isinstance(event, TrialEnded):
+            self.running.discard(event.trial)
+        self.display(event)
+
+    def interrupted(self, storage: str | None) -> str:
+        """What the stop did to the running trials, read back from the study (not assumed)."""
+        from maml_tune.search.results import trial_states
+
+        said = "stopped by a signal (SIGINT or SIGTERM)"
+        if self.study is None or not self.running:
+            return f"{said}; no trial was running: {INTERRUPTED}"
+        try:
+            states = trial_states(storage, self.study, self.running)
+        except MamlTuneError:
+            return f"{said}; the study could not be read back: {INTERRUPTED} (it recovers any trial left)"
+        closed = sorted(n for n, state in states.items() if state != "RUNNING")
+        left = sorted(n for n, state in states.items() if state == "RUNNING")
+        parts = [said]
+        if closed:
+            parts.append(f"trial(s) {', '.join(map(str, closed))} failed and re-queued")
+        if left:
+            parts.append(f"trial(s) {', '.join(map(str, left))} still RUNNING: the next search recovers them")
+        return f"{'; '.join(parts)}: {INTERRUPTED}"
 
 
 class _Display:
@@ -416,14 +451,17 @@ def search(
         checkpoint_root=str(checkpoints),
         plugins_dir=(ctx.find_root().obj or {}).get("plugins_dir"),
     )
+    tracked: _RunningTrials | None = None
     try:
         with (
             interrupt.handling(hard_exit=True, message=INTERRUPTED_AGAIN, signals=interrupt.STOP_SIGNALS),
             search_display(ctx) as display,
         ):
-            result = run_search(loaded, options, display)
+            tracked = _RunningTrials(display)
+            result = run_search(loaded, options, tracked)
     except KeyboardInterrupt:
-        err.print(f"[red]interrupted:[/red] {INTERRUPTED}", markup=True, highlight=False)
+        said = tracked.interrupted(storage) if tracked else f"stopped by a signal: {INTERRUPTED}"
+        err.print(f"[red]interrupted:[/red] {escape(said)}", markup=True, highlight=False)
         raise typer.Exit(interrupt.EXIT_CODE) from None
     if as_json:
         print_json(result.to_dict())

@@ -70,6 +70,12 @@ def load(storage_or_url: Any, name: str | None):
     return optuna.load_study(study_name=name, storage=storage)
 
 
+def trial_states(url: str | None, name: str, numbers: set[int]) -> dict[int, str]:
+    """The stored state (``RUNNING``, ``FAIL`` …) of each of the trials ``numbers`` of study ``name``."""
+    trials = load(url, name).get_trials(deepcopy=False)
+    return {t.number: t.state.name for t in trials if t.number in numbers}
+
+
 def retried(trial: Any, retried_numbers: set[int]) -> bool:
     return trial.state.name == "FAIL" and trial.number in retried_numbers
 

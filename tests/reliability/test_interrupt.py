@@ -82,6 +82,8 @@ def test_first_ctrl_c_closes_the_trial_exits_130_and_the_search_resumes(tmp_path
     assert code == 130, stderr[-2000:]
     assert "Traceback" not in stderr
     assert "interrupted" in _last_line(stderr) and "run the same command again" in _last_line(stderr)
+    # What it says of the running trial is read back from the study (it used to be assumed).
+    assert f"trial(s) {numbers[0]} failed and re-queued" in _last_line(stderr), _last_line(stderr)
     rows = trial_rows(url, "rel")
     interrupted = next(r for r in rows if r["number"] == numbers[0])
     assert interrupted["state"] == "FAIL"
@@ -132,6 +134,8 @@ def test_ctrl_c_with_worker_processes_closes_every_running_trial(tmp_path):
     url, args, env, code, stderr, numbers, _ = _interrupt(tmp_path, extra=("--workers", "2"), running=2)
     assert code == 130, stderr[-2000:]
     assert "interrupted" in _last_line(stderr)
+    closed = ", ".join(map(str, sorted(numbers)))
+    assert f"trial(s) {closed} failed and re-queued" in _last_line(stderr), _last_line(stderr)
     rows = trial_rows(url, "rel")
     assert not [r for r in rows if r["state"] == "RUNNING"], rows
     for number in numbers:
