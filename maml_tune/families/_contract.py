@@ -45,7 +45,7 @@ def _guarded(name: str, function: Callable) -> Callable:
     def call(self, *args, **kwargs):
         try:
             return function(self, *args, **kwargs)
-        except MamlTuneError:
+        except (MamlTuneError, torch.OutOfMemoryError):  # out of memory is the device's, not a bug
             raise
         except Exception as exc:
             shown = ", ".join(repr(a) for a in args if isinstance(a, (str, int, float)))
