@@ -1,9 +1,41 @@
 """Suite-wide pytest hooks."""
 
+import os
+from pathlib import Path
+
+import pytest
+
 FULL_SUITE = (
-    "the full suite takes about 9 minutes on 2 CPU cores (CI allows 15); "
+    "the full suite takes about 12 minutes on 2 CPU cores with -n 2 (CI allows 15); "
     "-m 'not slow' leaves out the end-to-end tests"
 )
+
+TESTS = Path(__file__).parent
+TIMING = (
+    "reliability",
+    "cli/test_logs.py",
+    "cli/test_train.py",
+    "dashboard/test_watch_tmux.py",
+    "test_bad_input.py",
+)
+"""Tests that measure time or race processes: under ``-n 2`` they share one worker (xdist's
+``loadgroup``), so none of them runs beside another, only beside the computing tests."""
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # One worker per core: torch's own threads would fight over the cores (twice as slow).
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        where = Path(item.fspath).relative_to(TESTS).as_posix()
+        if any(where == t or where.startswith(f"{t}/") for t in TIMING):
+            item.add_marker(pytest.mark.xdist_group("timing"))
 
 
 def pytest_collection_finish(session):
