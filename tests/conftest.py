@@ -29,6 +29,12 @@ def pytest_configure(config):
         import torch
 
         torch.set_num_threads(1)
+        # xdist starts its workers with COLUMNS=80; the tests that care about width set their own.
+        os.environ.pop("COLUMNS", None)
+        os.environ.pop("LINES", None)
+    # rich fixes a console's width when $COLUMNS is set as it is made: the CLI's consoles are made
+    # now, not inside whichever test first imports them with its own COLUMNS (order-dependent).
+    import maml_tune.cli._common  # noqa: F401
 
 
 def pytest_collection_modifyitems(config, items):
