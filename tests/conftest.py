@@ -12,7 +12,12 @@ FULL_SUITE = (
 
 TESTS = Path(__file__).parent
 TIMING = (
-    "reliability",
+    "reliability/test_concurrency.py",
+    "reliability/test_database_loss.py",
+    "reliability/test_interrupt.py",
+    "reliability/test_killed_workers.py",
+    "reliability/test_lost_retries.py",
+    "reliability/test_partition.py",
     "cli/test_logs.py",
     "cli/test_train.py",
     "dashboard/test_watch_tmux.py",
