@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 FULL_SUITE = (
-    "the full suite takes about 12 minutes on 2 CPU cores with -n 2 (CI allows 15); "
+    "the full suite takes about 10 minutes on 2 CPU cores with -n 2 (CI allows 15); "
     "-m 'not slow' leaves out the end-to-end tests"
 )
 

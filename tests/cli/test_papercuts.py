@@ -242,4 +242,4 @@ def test_the_test_run_says_how_long_it_takes():
         capture_output=True,
         text=True,
     )
-    assert "the full suite takes about 12 minutes on 2 CPU cores" in done.stdout, done.stdout[-2000:]
+    assert "the full suite takes about 10 minutes on 2 CPU cores" in done.stdout, done.stdout[-2000:]
