@@ -52,7 +52,8 @@ class StorageError(MamlTuneError):
 
 
 class Interrupted(MamlTuneError):
-    """The user stopped the work (Ctrl-C, SIGTERM); the message says what was kept."""
+    """The user stopped the work (Ctrl-C, SIGTERM); the message says what was kept. Its exit
+    code, 128 + SIGINT as shells report it, is every interrupted command's."""
 
     exit_code = 130
 

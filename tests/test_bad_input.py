@@ -404,9 +404,6 @@ CASES = [
         1,
         "abc",
     ),
-]
-
-CASES += [
     # Settings that would hang, exhaust memory or crash deep inside training.
     ("set-seed-expression", ["train", "--set", "train.seed=2**70"], 2, "'2**70'"),
     ("set-k-shot-float-literal", ["train", "--set", "family.k_shot=1e11"], 2, "'1e11'"),

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from maml_tune.core.learner import MetaLearner
-from maml_tune.core.tasks import TaskSampler, check_batch, split_generator
+from maml_tune.core.tasks import TaskSampler, check_batch, check_declared_shapes, split_generator
 
 EVAL_CHUNK = 50
 """Tasks sampled and adapted per chunk; fixed so a seed always means the same tasks."""
@@ -80,6 +80,7 @@ def evaluate(
     ``progress(done, tasks)`` is called after each chunk of tasks.
     """
     query_norm = learner.algo.query_norm if query_norm is None else query_norm
+    check_declared_shapes(sampler)
     generator = split_generator(split, seed, device)
     outcomes = []
     for start in range(0, tasks, EVAL_CHUNK):

@@ -74,8 +74,9 @@ MAX_OUTPUT_SIZE = 2**20
 def check_declared_shapes(sampler: TaskSampler) -> None:
     """Raise :class:`~maml_tune.errors.FamilyError` unless the family's ``input_shape`` is a tuple
     of positive integers, at most :data:`MAX_INPUT_SIZE` numbers, and its ``output_size`` an
-    integer from 1 (2 classes) to :data:`MAX_OUTPUT_SIZE`. Called before a network is built for
-    it (after ``prepare``: some families learn their shapes from the data)."""
+    integer from 1 (2 classes) to :data:`MAX_OUTPUT_SIZE`. Called once before a family's first
+    batch is checked and before a network is built for it (after ``prepare``: some families
+    learn their shapes from the data); :func:`check_batch` relies on it."""
     from maml_tune.errors import FamilyError
 
     where = f"task family {getattr(sampler, 'name', type(sampler).__name__)!r}"
@@ -105,7 +106,6 @@ def check_batch(batch: object, sampler: TaskSampler, split: str, n_tasks: int) -
     cheap enough to run on every batch, it turns a deep error into one line naming the family."""
     from maml_tune.errors import FamilyError
 
-    check_declared_shapes(sampler)
     name = getattr(sampler, "name", type(sampler).__name__)
     where = f"task family {name!r}: sample({split!r}, {n_tasks})"
     if not isinstance(batch, TaskBatch):

@@ -161,6 +161,7 @@ class MetaTrainer:
         """Sample one task of every split, so that a split which cannot give a task (fewer
         classes than N-way, say) fails now rather than at the first validation or the meta-test,
         after all the training. Its own generators: the run's tasks are unchanged."""
+        check_declared_shapes(self.family)
         for split in SPLITS:
             generator = split_generator(split, PREFLIGHT_SEED, self.device)
             check_batch(self.family.sample(split, 1, generator, self.device), self.family, split, 1)

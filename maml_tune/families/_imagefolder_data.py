@@ -20,7 +20,6 @@ from maml_tune.errors import DataError
 from maml_tune.families._contract import ProgressCallback
 from maml_tune.families._images import (
     IMAGE_SUFFIXES,
-    RefusedImage,
     decode_all,
     load_arrays,
     opaque,
@@ -221,12 +220,6 @@ def decode(found: Found, size: int, channels: int, progress: ProgressCallback | 
     names = sorted(found.classes)
     plan = [file for name in names for file in found.classes[name][2]]
 
-    def read(position: int) -> bytes:
-        try:
-            return read_file(plan[position])
-        except (OSError, RefusedImage) as exc:
-            raise fail(position, exc) from exc
-
     def fail(position: int, exc: Exception) -> DataError:
         return DataError(f"imagefolder: cannot read {plan[position]} ({exc})")
 
@@ -234,7 +227,7 @@ def decode(found: Found, size: int, channels: int, progress: ProgressCallback | 
     images = decode_all(
         len(plan),
         (decoded_channels, size, size),
-        read,
+        lambda position: read_file(plan[position]),
         lambda image: to_array(image, size, decoded_channels),
         fail,
         progress,

@@ -16,6 +16,7 @@ import os
 import tempfile
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 """The image files the image families and ``predict`` read."""
 DECODE_CHUNK = 512
 DECODE_CHUNK_BYTES = 64 * 2**20
-"""A chunk of encoded images read before decoding holds at most this many bytes (and images)."""
+"""A chunk of encoded images read before decoding holds at most this many bytes (and
+:data:`DECODE_CHUNK` images)."""
 ROTATIONS = 4
 
 MAX_IMAGE_SIZE = 1024
@@ -181,7 +183,8 @@ def decode_all(
     opening each image's header, whose size is checked (:func:`open_checked`) before anything
     is decoded; decoding and resizing release the GIL, so they run on a thread pool. Images are
     read in chunks of at most :data:`DECODE_CHUNK` images and :data:`DECODE_CHUNK_BYTES` bytes.
-    A read or decode error is raised as ``fail(position, exc)``. Reports
+    A read (file, zip member, :class:`RefusedImage`) or decode error is raised as
+    ``fail(position, exc)``. Reports
     ``progress(done, count, what)`` per chunk.
     """
     needed, memory = count * math.prod(shape), physical_memory()
@@ -196,7 +199,7 @@ def decode_all(
         try:
             raw = read(position)
             return open_checked(raw), len(raw)
-        except (OSError, UnidentifiedImageError, ValueError, zipfile.BadZipFile) as exc:
+        except (OSError, UnidentifiedImageError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
             raise fail(position, exc) from exc
 
     def decode(position: int, image: Image.Image) -> None:

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import zipfile
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ from PIL import Image
 from maml_tune.errors import DataError
 from maml_tune.families._contract import ProgressCallback
 from maml_tune.families._images import (
-    RefusedImage,
     convert_user_image,
     decode_all,
     load_arrays,
@@ -215,10 +213,7 @@ def decode_sources(sources: list[Source], size: int, progress: ProgressCallback 
 
         def read(position: int) -> bytes:
             _, _, index, member = plan[position]
-            try:
-                return read_member(archives[index], member) if index in archives else read_file(Path(member))
-            except (OSError, zipfile.BadZipFile, zlib.error, RefusedImage) as exc:
-                raise fail(position, exc) from exc
+            return read_member(archives[index], member) if index in archives else read_file(Path(member))
 
         images = decode_all(
             len(plan),

@@ -25,12 +25,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from maml_tune.errors import Interrupted
+
 REASON = "interrupted by a signal (SIGINT or SIGTERM)"
 REASONS = (REASON, "interrupted by user (SIGINT)")
 """Every reason an interrupt has stored (the second: releases before SIGTERM was handled)."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 """What stops a search cleanly: Ctrl-C, and the SIGTERM of ``scancel``, ``kill`` or a pod's stop."""
-EXIT_CODE = 130
+EXIT_CODE = Interrupted.exit_code
 ESCALATE_AFTER_S = 5.0
 """How long after the first signal a search may keep computing before the stop is delivered
 inside the computation (re-tried every :data:`ESCALATE_RETRY_S` while a database call runs)."""

@@ -18,18 +18,38 @@ from maml_tune.core.checkpoint import load_checkpoint
 MAML_TUNE = str(Path(sys.executable).with_name("maml-tune"))
 
 # The meta-test draws test tasks in chunks; the pre-flight check before training draws one.
-FAILING_TEST = """
+META_TEST_DRAW = """
 from maml_tune.families.sinusoid import Sinusoid
 
 
-class Failingtest(Sinusoid):
-    name = "failingtest"
+class Badtest(Sinusoid):
+    name = "badtest"
 
     def sample(self, split, n_tasks, generator, device):
         if split == "test" and n_tasks > 1:
-            raise {error}
+            {action}
         return super().sample(split, n_tasks, generator, device)
 """
+
+
+def _train_args(tmp_path, action: str) -> list[str]:
+    """``train`` arguments for a family whose meta-test draws do ``action``; plugins in tmp_path."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "badtest.py").write_text(META_TEST_DRAW.replace("{action}", action))
+    return [
+        "--plugins-dir",
+        str(plugins),
+        "train",
+        "--family",
+        "badtest",
+        "--iterations",
+        "5",
+        "--set",
+        "arch.width=8",
+        "--out",
+        str(tmp_path / "run"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -42,27 +62,9 @@ class Failingtest(Sinusoid):
 def test_a_failed_or_interrupted_meta_test_leaves_the_trained_checkpoint(
     tmp_path, monkeypatch, error, code, why
 ):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "failingtest.py").write_text(FAILING_TEST.replace("{error}", error))
-    monkeypatch.setenv("MAML_TUNE_PLUGINS_DIR", str(plugins))
     monkeypatch.setenv("MAML_TUNE_DEVICE", "cpu")
     out = tmp_path / "run"
-    done = CliRunner().invoke(
-        app,
-        [
-            "--quiet",
-            "train",
-            "--family",
-            "failingtest",
-            "--iterations",
-            "5",
-            "--set",
-            "arch.width=8",
-            "--out",
-            str(out),
-        ],
-    )
+    done = CliRunner().invoke(app, ["--quiet", *_train_args(tmp_path, f"raise {error}")])
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.exit_code == code, done.output
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
@@ -71,33 +73,13 @@ def test_a_failed_or_interrupted_meta_test_leaves_the_trained_checkpoint(
     assert checkpoint.config.train.iterations == 5 and checkpoint.summary is None  # no test metrics
 
 
-STALLING_TEST = (
-    FAILING_TEST.replace("raise {error}", "import time; time.sleep(600)")
-    .replace("Failingtest", "Stallingtest")
-    .replace('"failingtest"', '"stallingtest"')
-)
-
-
 @pytest.mark.slow
 def test_ctrl_c_during_a_long_meta_test_stops_train_at_once_and_keeps_the_checkpoint(tmp_path):
     """A real SIGINT while the meta-test runs (here: a test draw that stalls for ten minutes)."""
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "stallingtest.py").write_text(STALLING_TEST)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAML_TUNE_")}
-    env.update(MAML_TUNE_PLUGINS_DIR=str(plugins), MAML_TUNE_DEVICE="cpu", OMP_NUM_THREADS="1")
+    env.update(MAML_TUNE_DEVICE="cpu", OMP_NUM_THREADS="1")
     out = tmp_path / "run"
-    args = [
-        "train",
-        "--family",
-        "stallingtest",
-        "--iterations",
-        "5",
-        "--set",
-        "arch.width=8",
-        "--out",
-        str(out),
-    ]
+    args = _train_args(tmp_path, "import time; time.sleep(600)")
     train = subprocess.Popen(
         [MAML_TUNE, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
