@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 
 MAML_TUNE = str(Path(sys.executable).with_name("maml-tune"))
 POSTGRES_URL = os.environ.get("MAML_TUNE_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
@@ -48,6 +49,16 @@ n_trials = 3
 top_k_checkpoints = 1
 inherit_space = false
 """
+
+
+SAMPLED = tuple(tomllib.loads(SPEC.replace("{iterations}", "1"))["space"])
+"""The parameters a trial of :data:`SPEC` samples (Optuna stores them one at a time)."""
+
+
+def fully_sampled(row: dict[str, Any]) -> bool:
+    """Whether the trial ``row`` has stored every parameter of :data:`SPEC`'s space: one killed
+    after only some is retried with those and fresh draws of the rest, not as it was."""
+    return set(SAMPLED) <= set(row["params"])
 
 
 def write_spec(folder: Path, iterations: int = 20, name: str = "spec.toml") -> Path:

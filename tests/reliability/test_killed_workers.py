@@ -17,6 +17,7 @@ from reliability_helpers import (
     assert_finished_study,
     assert_retried,
     cli_env,
+    fully_sampled,
     run_cli,
     running_trials,
     start_cli,
@@ -89,7 +90,7 @@ def _workers_args(spec, url, name, tmp_path, n_trials):
 
 def _sampled(url: str, name: str, at_least: int = 1):
     """RUNNING trials whose parameters are sampled (a retry repeats them), if ``at_least``."""
-    rows = [r for r in running_trials(url, name) or [] if r["params"]]
+    rows = [r for r in running_trials(url, name) or [] if fully_sampled(r)]
     return rows if len(rows) >= at_least else None
 
 

@@ -19,6 +19,7 @@ from reliability_helpers import (
     assert_finished_study,
     assert_retried,
     cli_env,
+    fully_sampled,
     run_cli,
     start_cli,
     stop_group,
@@ -73,7 +74,7 @@ def _kill_mid_trial(args, tmp_path, env, url: str, name: str, retry_of: int | No
     def its_trial():
         for row in trial_rows(url, name):
             mine = row["state"] == "RUNNING" and row["user"].get("process", {}).get("pid") == search.pid
-            if mine and row["params"] and row["system"].get("failed_trial") == retry_of:
+            if mine and fully_sampled(row) and row["system"].get("failed_trial") == retry_of:
                 return row
         return None
 

@@ -22,6 +22,7 @@ from reliability_helpers import (
     assert_retried,
     cli_env,
     drop_study,
+    fully_sampled,
     postgres_or_skip,
     stop_group,
     trial_rows,
@@ -87,7 +88,7 @@ def test_a_host_cut_off_mid_trial_has_its_trial_retried_and_the_study_completes(
             def cut_trial():
                 for row in trial_rows(url, name):
                     mine = row["user"].get("process", {}).get("pid") == cut_pid
-                    if row["state"] == "RUNNING" and row["params"] and mine:
+                    if row["state"] == "RUNNING" and fully_sampled(row) and mine:
                         return row
                 return None
 
